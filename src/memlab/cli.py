@@ -1,0 +1,170 @@
+"""The `memlab` command: train, eval, report, demo, babi, models."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_BOOKS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "books"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class UserError(Exception):
+    """Bad input: printed as one clear message, exit code 2."""
+
+
+def _books_default() -> list[str]:
+    return sorted(str(p) for p in DEFAULT_BOOKS.glob("*.txt")) if DEFAULT_BOOKS.is_dir() else []
+
+
+def cmd_train(a):
+    from .train import TrainConfig, load_recipe, train, train_config_from_dict, validate
+
+    cfg = load_recipe(a.recipe) if a.recipe else TrainConfig()
+    over = {k: v for k, v in {"model": a.model, "task": a.task, "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
+                              "bptt_depth": a.bptt_depth, "seed": a.seed, "babi_dir": a.babi_dir}.items() if v is not None}
+    if a.lengths:
+        from .tasks.babilong import parse_lengths
+        over["lengths"] = [0 if x.strip() == "0" else parse_lengths(x)[0] for x in a.lengths.split(",")]
+    if a.haystack:
+        over["haystack"] = a.haystack
+    if a.model_args:
+        over["model_args"] = {**cfg.model_args, **json.loads(a.model_args)}
+    cfg = train_config_from_dict({**dataclasses.asdict(cfg), **over}, source="train options")
+    validate(cfg)
+    from .models.registry import known_models, model_classes
+    model_classes(cfg.model)  # unknown name -> clear error listing the known ones
+    from .tasks.babilong import parse_task_spec
+    parse_task_spec(cfg.task)
+    out = Path(a.out or f"runs/{cfg.model}-{cfg.task.split(':')[-1].replace(',', '-')}")
+    print(f"training {cfg.model} on {cfg.task} -> {out}", file=sys.stderr)
+    hist = train(cfg, out, resume=a.resume, progress=not a.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"checkpoint": str(out), "final_eval": hist["eval"][-1] if hist["eval"] else None}))
+
+
+def cmd_eval(a):
+    from .checkpoint import load_checkpoint
+    from .evaluate import EvalSpec, evaluate_checkpoint, model_name
+    from .store import ResultStore
+    from .tasks.babilong import parse_lengths, parse_task_spec
+
+    tasks = [n for _, n in parse_task_spec(a.task)]
+    spec = EvalSpec(tasks, parse_lengths(a.lengths), a.samples, a.batch_size, a.seed, a.haystack or _books_default() or None,
+                    a.babi_dir, a.time_budget, a.force, a.max_samples_long)
+    if a.haystack:
+        from .tasks.text import load_haystack
+        load_haystack(a.haystack)  # validate files before any work
+    loaded = [(model_name(c), *load_checkpoint(c)[:2]) for c in a.checkpoints]
+    with ResultStore(a.store) as store:
+        for name, model, tok in loaded:
+            if tok is None:
+                raise UserError(f"checkpoint {name} has no tokenizer.json; retrain it with `memlab train`")
+            emit = (lambda c: print(json.dumps(c.to_json()), flush=True)) if a.json else None
+            evaluate_checkpoint(name, model, tok, spec, store, log=lambda m: print(m, file=sys.stderr), on_cell=emit)
+
+
+def cmd_report(a):
+    from .report import write_report
+
+    paths = write_report(a.store, a.out)
+    for k, p in paths.items():
+        print(f"{k}: {p}")
+
+
+def cmd_demo(a):
+    from .demo import run_demo
+
+    run_demo(out=Path(a.out), retrain=a.train, quick=a.quick, log=lambda m: print(m, file=sys.stderr))
+
+
+def cmd_babi(a):
+    from .tasks.babi import format_babi, generate_babi
+
+    sys.stdout.write(format_babi(generate_babi(a.task, a.n, a.seed)))
+
+
+def cmd_models(a):
+    from .models.registry import known_models, model_classes
+
+    for name in known_models():
+        print(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memlab", description="Recurrent memory vs attention on ultra-long context.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a model on a task (checkpoint directory with config.json + model.safetensors)")
+    t.add_argument("--recipe", help="YAML training recipe (configs/*.yaml); options below override it")
+    t.add_argument("--model", help="model name (see `memlab models`)")
+    t.add_argument("--task", help="task spec, e.g. babilong:qa1 or babilong:qa1,qa2")
+    t.add_argument("--model-args", help='JSON overrides of the model config, e.g. \'{"num_mem": 16}\'')
+    t.add_argument("--lengths", help="curriculum lengths, e.g. 0,256,1k (0 = facts only)")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--bptt-depth", type=int, help="truncate backprop to this many segments (default: full)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--haystack", nargs="+", metavar="FILE", help="haystack text files (default: procedural text)")
+    t.add_argument("--babi-dir", help="original bAbI files for held-out evaluation")
+    t.add_argument("--out", help="checkpoint directory (default runs/<model>-<task>)")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy, cost and state size of checkpoints across lengths")
+    e.add_argument("checkpoints", nargs="+", help="checkpoint directories")
+    e.add_argument("--task", default="babilong:qa1")
+    e.add_argument("--lengths", default="1k,4k,16k")
+    e.add_argument("--samples", type=int, default=100)
+    e.add_argument("--max-samples-long", type=int, help="cap samples at lengths >= 1M")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--haystack", nargs="+", metavar="FILE", help="haystack text files (default: the books in ../shared/data/books)")
+    e.add_argument("--babi-dir", help="original-format bAbI files for the questions (default: generated held-out)")
+    e.add_argument("--store", default="runs/results.sqlite", help="SQLite results store")
+    e.add_argument("--time-budget", type=float, default=900.0, help="seconds per cell before the preflight refuses it")
+    e.add_argument("--force", action="store_true", help="run cells the preflight refuses")
+    e.add_argument("--json", action="store_true", help="print one JSON object per cell")
+    e.set_defaults(fn=cmd_eval)
+
+    r = sub.add_parser("report", help="Markdown + HTML report with plots from a results store")
+    r.add_argument("--store", default="runs/results.sqlite")
+    r.add_argument("--out", default="runs/report")
+    r.set_defaults(fn=cmd_report)
+
+    d = sub.add_parser("demo", help="the main job: attention vs RMT on qa1 from 1k to 1M tokens, cost curves, report")
+    d.add_argument("--out", default="memlab-demo", help="output directory (store, report)")
+    d.add_argument("--train", action="store_true", help="retrain the checkpoints from scratch instead of using the shipped ones")
+    d.add_argument("--quick", action="store_true", help="a 2-minute smoke version (fewer samples, shorter lengths)")
+    d.set_defaults(fn=cmd_demo)
+
+    b = sub.add_parser("babi", help="print generated bAbI stories in the original file format")
+    b.add_argument("--task", type=int, default=1, help="1..5")
+    b.add_argument("--n", type=int, default=10, help="questions")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(fn=cmd_babi)
+
+    m = sub.add_parser("models", help="list the known models")
+    m.set_defaults(fn=cmd_models)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        print(f"memlab {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"memlab {args.cmd}: interrupted; finished work is saved (re-run to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

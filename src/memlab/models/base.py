@@ -1,0 +1,74 @@
+"""The one contract every memlab model follows: a model is a function of (segment, state).
+
+    state = model.init_state(batch_size)
+    for segment in segments(tokens, segment_len):      # segment: [B, T] token ids
+        out = model(segment, state)                   # out.logits [B, T, V] (or None), out.state, out.aux
+        state = out.state
+
+A state is a small pytree (dataclass / tuple / dict / list of tensors). `state_nbytes` measures it,
+`detach_state` cuts the autograd graph between segments (truncated BPTT).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None  # [B, T, V]; None when called with return_logits=False
+    state: Any  # the state to pass with the next segment
+    hidden: torch.Tensor | None = None  # [B, T, D] final normalised hidden states (before the LM head)
+    aux: dict = field(default_factory=dict)  # model-specific diagnostics (never required by the runner)
+
+
+def tree_map(fn, tree):
+    """Apply fn to every tensor leaf of a state pytree (dataclass, tuple, list, dict, None)."""
+    if tree is None:
+        return None
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return dataclasses.replace(tree, **{f.name: tree_map(fn, getattr(tree, f.name)) for f in dataclasses.fields(tree)})
+    if isinstance(tree, tuple):
+        return type(tree)(*(tree_map(fn, t) for t in tree)) if hasattr(tree, "_fields") else tuple(tree_map(fn, t) for t in tree)
+    if isinstance(tree, list):
+        return [tree_map(fn, t) for t in tree]
+    if isinstance(tree, dict):
+        return {k: tree_map(fn, v) for k, v in tree.items()}
+    return tree
+
+
+def tree_leaves(tree) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    tree_map(lambda t: out.append(t) or t, tree)
+    return out
+
+
+def state_nbytes(state) -> int:
+    """Bytes held by a state: the measured size of attention's KV cache or a recurrent memory."""
+    return sum(t.numel() * t.element_size() for t in tree_leaves(state))
+
+
+def detach_state(state):
+    return tree_map(lambda t: t.detach(), state)
+
+
+class SequenceModel(nn.Module):
+    """Base class: subclasses implement init_state and forward(segment, state, return_logits)."""
+
+    config: Any
+
+    def init_state(self, batch_size: int, device=None):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head applied to final hidden states [.., D] -> [.., V]; lets the runner score only answer positions."""
+        return self.lm_head(hidden)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,92 @@
+"""Shared building blocks: rotary positions, attention with a KV cache and an optional window, MLP, block.
+
+Legend: B batch, T segment length, S cached keys, H heads, K head dim, D model dim.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def rotary_tables(positions: torch.Tensor, dim: int, base: float = 10000.0):
+    """cos, sin of shape [T, dim/2] for absolute integer positions [T] (float64 angles: exact up to 1e9+)."""
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, K]; rotates pairs (x[..., :K/2], x[..., K/2:]) by the position angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean [T, S] mask, True where query at q_pos may attend key at k_pos (causal, within window)."""
+    diff = q_pos[:, None] - k_pos[None, :]
+    mask = diff >= 0
+    if window is not None:
+        mask &= diff < window
+    return mask
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, rope_base: float = 10000.0):
+        super().__init__()
+        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads, self.head_dim, self.rope_base = n_heads, d_model // n_heads, rope_base
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x, rope, cache=None, mask=None):
+        """x: [B, T, D]; rope: (cos, sin) for the T new positions or None; cache: (k, v) [B, H, S, K] of
+        past keys (already rotated) or None; mask: bool [T, S+T] or None for plain causal.
+        Returns y [B, T, D] and the new (k, v) = cache + this segment's keys and values."""
+        q, k, v = rearrange(self.qkv(x), "b t (three h k) -> three b h t k", three=3, h=self.n_heads)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None and cache[0].shape[2] > 0:
+            k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(rearrange(y, "b h t k -> b t (h k)")), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, mult: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(d_model, mult * d_model, bias=False)
+        self.proj = nn.Linear(mult * d_model, d_model, bias=False)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, mlp_mult: int = 4, rope_base: float = 10000.0):
+        super().__init__()
+        self.norm1, self.norm2 = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads, rope_base)
+        self.mlp = MLP(d_model, mlp_mult)
+
+    def forward(self, x, rope, cache=None, mask=None):
+        a, kv = self.attn(self.norm1(x), rope, cache, mask)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), kv
+
+
+def init_weights(module: nn.Module, n_layers: int, std: float = 0.02):
+    """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers)."""
+    for name, p in module.named_parameters():
+        if p.dim() < 2:
+            continue
+        scale = 1 / math.sqrt(2 * n_layers) if name.endswith("proj.weight") else 1.0
+        nn.init.normal_(p, mean=0.0, std=std * scale)

@@ -1,0 +1,60 @@
+"""Model registry: name -> (config class, model class). Every entry follows the (segment, state) contract."""
+from __future__ import annotations
+
+import dataclasses
+
+from .rmt import RMT, RMTConfig
+from .transformer import Transformer, TransformerConfig
+
+MODELS = {
+    "transformer": (TransformerConfig, Transformer),
+    "rmt": (RMTConfig, RMT),
+}
+
+
+def _hf_entry():
+    from .hf import HFRMT, HFRMTConfig
+
+    return HFRMTConfig, HFRMT
+
+
+LAZY_MODELS = {"hf-rmt": _hf_entry}  # need transformers; imported on use
+
+
+def known_models() -> list[str]:
+    return sorted([*MODELS, *LAZY_MODELS])
+
+
+def model_classes(name: str):
+    if name in MODELS:
+        return MODELS[name]
+    if name in LAZY_MODELS:
+        return LAZY_MODELS[name]()
+    raise ValueError(f"unknown model {name!r}; known models: {', '.join(known_models())}")
+
+
+def config_from_dict(d: dict):
+    """Rebuild a config from its JSON (config.json beside a checkpoint); unknown keys are an error."""
+    if "kind" not in d:
+        raise ValueError("config has no 'kind' field; expected one of: " + ", ".join(known_models()))
+    cfg_cls, _ = model_classes(d["kind"])
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"config for {d['kind']!r} has unknown fields {unknown}; known fields: {sorted(names)}")
+    return cfg_cls(**d)
+
+
+def build_model(config):
+    _, model_cls = model_classes(config.kind)
+    return model_cls(config)
+
+
+def make_config(name: str, **overrides):
+    """A config for model `name` with overrides; `transformer` accepts window=W for sliding-window attention."""
+    cfg_cls, _ = model_classes(name)
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ValueError(f"model {name!r} has no option(s) {bad}; options: {sorted(names - {'kind'})}")
+    return cfg_cls(**overrides)

@@ -1,0 +1,64 @@
+"""Recurrent Memory Transformer (Bulatov et al., arXiv:2207.06881 / 2304.11062), decoder form.
+
+Each segment is processed as [read memory (M) | segment tokens (T) | write memory (M)] under one causal
+mask: segment tokens read the memory written by the previous segment, the write tokens see the whole
+segment, and their final hidden states become the next memory. The state is M vectors: fixed size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .base import ModelOutput, SequenceModel
+from .blocks import Block, init_weights, rotary_tables
+
+
+@dataclass
+class RMTConfig:
+    vocab_size: int = 4096  # word-level vocabulary of the task tokenizer
+    d_model: int = 128  # residual width
+    n_layers: int = 3  # transformer blocks
+    n_heads: int = 4  # attention heads per block
+    mlp_mult: int = 4  # MLP hidden = mlp_mult * d_model
+    num_mem: int = 16  # M memory vectors (the whole state)
+    segment_len: int = 128  # tokens per segment (positions restart in every segment)
+    rope_base: float = 10000.0  # rotary base
+    kind: str = field(default="rmt")  # registry name, saved in config.json
+
+
+@dataclass
+class MemoryState:
+    memory: torch.Tensor  # [B, M, D]
+
+
+class RMT(SequenceModel):
+    def __init__(self, config: RMTConfig):
+        super().__init__()
+        if config.num_mem < 1:
+            raise ValueError(f"num_mem must be >= 1 (memory size zero leaves nothing to recur), got {config.num_mem}")
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.mem_init = nn.Parameter(torch.randn(c.num_mem, c.d_model) * 0.02)
+        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base) for _ in range(c.n_layers))
+        self.norm = nn.RMSNorm(c.d_model)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.weight  # tied
+        init_weights(self, c.n_layers)
+
+    def init_state(self, batch_size: int, device=None) -> MemoryState:
+        return MemoryState(self.mem_init.to(device).unsqueeze(0).expand(batch_size, -1, -1))
+
+    def forward(self, tokens: torch.Tensor, state: MemoryState | None = None, return_logits: bool = True) -> ModelOutput:
+        """tokens: [B, T] with T <= segment_len; state.memory: [B, M, D]."""
+        B, T = tokens.shape
+        M = self.config.num_mem
+        mem = (state if state is not None else self.init_state(B, tokens.device)).memory
+        x = torch.cat((mem, self.embed(tokens), mem), dim=1)  # [B, M+T+M, D]
+        rope = rotary_tables(torch.arange(x.shape[1], device=x.device), self.config.d_model // self.config.n_heads, self.config.rope_base)
+        for block in self.blocks:
+            x, _ = block(x, rope)
+        h = self.norm(x)
+        out_h, new_mem = h[:, M : M + T], h[:, M + T :]
+        return ModelOutput(self.lm_head(out_h) if return_logits else None, MemoryState(new_mem), out_h)

@@ -1,0 +1,93 @@
+"""The one runner: streams any length through any model, segment by segment, and the one training unroll
+(truncated backprop through time) shared by every model."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .models.base import detach_state
+
+
+def segment_bounds(length: int, segment_len: int) -> list[tuple[int, int]]:
+    if segment_len < 1:
+        raise ValueError(f"segment_len must be >= 1, got {segment_len}")
+    return [(s, min(s + segment_len, length)) for s in range(0, length, segment_len)]
+
+
+def _as_tensor(tokens) -> torch.Tensor:
+    t = torch.from_numpy(np.asarray(tokens)) if not isinstance(tokens, torch.Tensor) else tokens
+    return t.long()
+
+
+@dataclass
+class StreamResult:
+    logits: torch.Tensor  # [B, P, V] logits at the requested positions only
+    state: object  # the state after the last segment
+    tokens: int  # tokens processed per sample
+
+
+@torch.inference_mode()
+def stream(model, tokens, positions, segment_len: int | None = None, state=None) -> StreamResult:
+    """Run `tokens` ([B, L], numpy or torch) through `model` segment by segment and keep the logits at
+    `positions` (indices into L, shared by the batch) only: a million-token sample never materialises
+    more than one segment of hidden states."""
+    x = _as_tensor(tokens)
+    B, L = x.shape
+    seg = segment_len or model.config.segment_len
+    positions = sorted(int(p) for p in positions)
+    if positions and not (0 <= positions[0] and positions[-1] < L):
+        raise ValueError(f"positions must lie in [0, {L}), got {positions[0]}..{positions[-1]}")
+    state = state if state is not None else model.init_state(B, x.device)
+    kept, p = [], 0
+    for s, e in segment_bounds(L, seg):
+        out = model(x[:, s:e], state, return_logits=False)
+        state = out.state
+        idx = []
+        while p < len(positions) and positions[p] < e:
+            idx.append(positions[p] - s)
+            p += 1
+        if idx:
+            kept.append(model.logits(out.hidden[:, idx]))
+    logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size)
+    return StreamResult(logits.float(), state, L)
+
+
+def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: int | None = None, lm_weight: float = 0.0):
+    """Training unroll with truncated BPTT.
+
+    tokens: [B, L]; targets: [B, L] long with -100 where there is no answer to predict (the answer
+    position holds the answer id). Gradients from a loss in segment j reach back through at most
+    `bptt_depth` segments (None = full BPTT): the state is detached at segment boundaries counted from
+    the last segment, so the final (answer) segment always gets the full depth.
+    lm_weight > 0 adds next-token language-model loss on every position (an auxiliary objective).
+    Returns (loss, answer accuracy tensor, number of answer targets)."""
+    x, y = _as_tensor(tokens), _as_tensor(targets)
+    B, L = x.shape
+    bounds = segment_bounds(L, segment_len or model.config.segment_len)
+    n = len(bounds)
+    state = model.init_state(B, x.device)
+    total, correct, count, lm_total, lm_count = 0.0, 0, 0, 0.0, 0
+    for j, (s, e) in enumerate(bounds):
+        if bptt_depth is not None and j > 0 and (n - j) % bptt_depth == 0:
+            state = detach_state(state)
+        out = model(x[:, s:e], state, return_logits=False)
+        state = out.state
+        mask = y[:, s:e] != -100
+        if mask.any():
+            logits = model.logits(out.hidden[mask])
+            tgt = y[:, s:e][mask]
+            total = total + F.cross_entropy(logits.float(), tgt, reduction="sum")
+            correct += (logits.argmax(-1) == tgt).sum().item()
+            count += int(mask.sum())
+        if lm_weight > 0:
+            nxt = x[:, s + 1 : e + 1]
+            h = out.hidden[:, : nxt.shape[1]]
+            lm_total = lm_total + F.cross_entropy(model.logits(h).flatten(0, 1).float(), nxt.flatten(), reduction="sum")
+            lm_count += nxt.numel()
+    loss = total / max(count, 1)
+    if lm_weight > 0 and lm_count:
+        loss = loss + lm_weight * lm_total / lm_count
+    return loss, correct / max(count, 1), count

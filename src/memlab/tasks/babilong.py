@@ -1,0 +1,148 @@
+"""BABILong (Kuratov et al., arXiv:2402.10790): bAbI facts hidden in long haystack text.
+
+The facts of one bAbI question are inserted, in order, at random sentence boundaries of haystack
+text; the question comes last. A sample has exactly `length` tokens (of the tokenizer under test);
+the model must predict the answer word from the logits at the last position.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memlab.tasks.babi import TASKS, Question
+from memlab.tasks.text import TokenizedHaystack, WordTokenizer, UNK_ID
+
+
+@dataclass
+class Sample:
+    tokens: np.ndarray  # [L] int64 token ids: haystack with the facts inside, then the question
+    answer: int  # answer token id (predicted from the logits at answer_pos)
+    answer_text: str
+    answer_pos: int  # L - 1: the last token, whose next-token logits predict the answer
+    fact_spans: list[tuple[int, int]]  # (start, end) token offsets of each inserted fact, in order
+    question_span: tuple[int, int]  # (start, end) of the question tokens, end == L
+    meta: dict = field(default_factory=dict)  # task, length, seed, supporting, supporting_spans, ...
+
+
+def make_sample(question: Question, length: int, tokenizer: WordTokenizer, haystack: TokenizedHaystack | None,
+                rng: np.random.Generator) -> Sample:
+    """Insert the question's facts in order at random sentence boundaries of `length - (facts + question)`
+    haystack tokens, then append the question. With haystack=None, the sample is facts + question."""
+    facts = [np.asarray(tokenizer.encode(f), dtype=np.int64) for f in question.facts]
+    q = np.asarray(tokenizer.encode(question.question), dtype=np.int64)
+    answer = tokenizer.token_id(question.answer)
+    if answer == UNK_ID:
+        raise ValueError(f"answer {question.answer!r} is not in the tokenizer's vocabulary; build it with the task's words (task_words(task))")
+    needed = sum(len(f) for f in facts) + len(q)
+    if haystack is None:
+        hay, positions = np.zeros(0, dtype=np.int64), np.zeros(len(facts), dtype=np.int64)
+    else:
+        if length < needed:
+            raise ValueError(f"length {length} is shorter than the facts and question of this sample ({needed} tokens); use a length >= {needed} (or fewer facts, e.g. generate_babi(..., max_facts=...))")
+        hay, bounds = haystack.take(rng, length - needed)
+        hay = hay.astype(np.int64)
+        if len(bounds) == 0:
+            bounds = np.zeros(1, dtype=np.int64)
+        positions = np.sort(bounds[rng.integers(0, len(bounds), size=len(facts))])
+    total = len(hay) + needed
+    tokens = np.empty(total, dtype=np.int64)
+    spans: list[tuple[int, int]] = []
+    src = dst = 0
+    for f, p in zip(facts, positions):
+        p = int(p)
+        tokens[dst:dst + p - src] = hay[src:p]
+        dst += p - src
+        src = p
+        tokens[dst:dst + len(f)] = f
+        spans.append((dst, dst + len(f)))
+        dst += len(f)
+    tokens[dst:dst + len(hay) - src] = hay[src:]
+    dst += len(hay) - src
+    tokens[dst:] = q
+    sup = tuple(question.supporting)
+    return Sample(
+        tokens=tokens,
+        answer=answer,
+        answer_text=question.answer,
+        answer_pos=total - 1,
+        fact_spans=spans,
+        question_span=(dst, total),
+        meta={
+            "task": question.task,
+            "length": total,
+            "supporting": sup,
+            "supporting_spans": [spans[i] for i in sup],
+            "n_facts": len(facts),
+            "question": question.question,
+        },
+    )
+
+
+class BabilongTask:
+    """Samples of one bAbI task at any length; `sample(length, seed)` is a pure function of (seed, length).
+
+    The question is chosen by seed alone (the same question at every length); the haystack cut and the
+    fact positions depend on (seed, length)."""
+
+    def __init__(self, task: int, questions: list[Question], tokenizer: WordTokenizer, haystack: TokenizedHaystack | None):
+        if not questions:
+            raise ValueError(f"BabilongTask qa{task} got no questions; pass read_babi_dir(...) or generate_babi(...) output")
+        self.task, self.questions, self.tokenizer, self.haystack = task, questions, tokenizer, haystack
+
+    def sample(self, length: int, seed: int) -> Sample:
+        qi = int(np.random.default_rng([seed, 0]).integers(len(self.questions)))
+        rng = np.random.default_rng([seed, 1, length])
+        s = make_sample(self.questions[qi], length, self.tokenizer, self.haystack, rng)
+        s.meta.update(task=self.task, seed=seed, question_index=qi, requested_length=length)
+        return s
+
+    def samples(self, length: int, n: int, seed: int) -> list[Sample]:
+        """n samples; sample i is `sample(length, seed + i)`."""
+        return [self.sample(length, seed + i) for i in range(n)]
+
+
+FAMILIES = {"babilong": TASKS}
+
+
+def _known() -> str:
+    return ", ".join(f"{fam}:qa{t}" for fam, ts in FAMILIES.items() for t in ts)
+
+
+def parse_task_spec(spec: str) -> list[tuple[str, int]]:
+    """'babilong:qa1' -> [('babilong', 1)]; 'babilong:qa1,qa2' -> two entries."""
+    fam, sep, rest = spec.strip().partition(":")
+    fam = fam.strip().lower()
+    if fam not in FAMILIES or not sep:
+        raise ValueError(f"unknown task spec {spec!r}; known tasks: {_known()} (several as 'babilong:qa1,qa2')")
+    out: list[tuple[str, int]] = []
+    for part in rest.split(","):
+        m = re.fullmatch(r"qa(\d+)", part.strip().lower())
+        if m is None or int(m.group(1)) not in FAMILIES[fam]:
+            raise ValueError(f"unknown task {part.strip()!r} in {spec!r}; known tasks: {_known()}")
+        if (fam, int(m.group(1))) not in out:
+            out.append((fam, int(m.group(1))))
+    return out
+
+
+_LENGTH = re.compile(r"(\d+(?:\.\d+)?)([kKmM]?)")
+
+
+def parse_length(s: str) -> int:
+    """'1k' -> 1000, '1M' -> 1_000_000, '1024' -> 1024 (k = 1000, M = 1_000_000)."""
+    m = _LENGTH.fullmatch(str(s).strip().replace("_", ""))
+    if m is None:
+        raise ValueError(f"bad length {s!r}; write a token count like 1024, 4k, 1M or 11M")
+    value = float(m.group(1)) * {"": 1, "k": 1000, "m": 1_000_000}[m.group(2).lower()]
+    if value != int(value) or value <= 0:
+        raise ValueError(f"bad length {s!r}: it must be a positive whole number of tokens (e.g. 1k, 4k, 1M)")
+    return int(value)
+
+
+def parse_lengths(s: str) -> list[int]:
+    """'1k,4k,1M' -> [1000, 4000, 1000000]."""
+    parts = [p for p in str(s).split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"bad lengths {s!r}; write a comma-separated list like 1k,4k,1M")
+    return [parse_length(p) for p in parts]

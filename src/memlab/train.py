@@ -1,0 +1,246 @@
+"""`memlab train`: AdamW with warmup and cosine decay, a curriculum over lengths, held-out accuracy during
+training, atomic checkpoints every `ckpt_every` steps, and exact resume (data is a function of (seed, step))."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .models.registry import build_model, make_config
+from .stream import unroll
+
+
+@dataclass
+class TrainConfig:
+    model: str = "rmt"  # registry name
+    model_args: dict = field(default_factory=dict)  # config overrides, e.g. {num_mem: 16, window: 256}
+    task: str = "babilong:qa1"  # task spec; several qa numbers train on a mixture
+    lengths: list = field(default_factory=lambda: [0, 256, 512, 1024])  # curriculum stages (0 = facts only)
+    stage_steps: int = 500  # steps per curriculum stage; later stages also replay earlier lengths
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 32  # samples per step
+    lr: float = 1e-3  # peak learning rate
+    warmup: int = 100  # linear warmup steps
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.1  # AdamW weight decay
+    grad_clip: float = 1.0  # max grad norm
+    bptt_depth: int | None = None  # None = full BPTT through every segment of a sample
+    lm_weight: float = 0.0  # auxiliary next-token loss weight
+    questions_per_sample: int = 1  # >1 appends extra questions (with answers) for denser supervision
+    train_pool: int = 50000  # generated training questions (seed-determined)
+    max_facts: int | None = None  # cap facts per generated question (None = as in bAbI)
+    vocab_size: int = 2048  # tokenizer size: task words + most frequent haystack words
+    haystack: list = field(default_factory=list)  # text files; empty = procedural haystack
+    babi_dir: str | None = None  # original bAbI files for held-out evaluation (else generated held-out)
+    eval_every: int = 250  # steps between held-out evaluations
+    eval_samples: int = 128  # held-out samples per evaluation
+    ckpt_every: int = 250  # steps between checkpoints
+    seed: int = 0  # everything derives from this seed
+    threads: int = 0  # torch threads (0 = leave default)
+
+
+def load_recipe(path) -> TrainConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"recipe {p} not found; pass a YAML file such as configs/rmt-qa1.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"recipe {p} is not valid YAML: {e}") from e
+    return train_config_from_dict(data, source=str(p))
+
+
+def train_config_from_dict(data: dict, source: str = "config") -> TrainConfig:
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = sorted(set(data) - names)
+    if bad:
+        raise ValueError(f"{source}: unknown field(s) {bad}; known fields: {sorted(names)}")
+    cfg = TrainConfig(**data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig):
+    checks = [
+        (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.bptt_depth is None or cfg.bptt_depth >= 1, f"bptt_depth must be >= 1 or null, got {cfg.bptt_depth}"),
+        (len(cfg.lengths) >= 1 and all(int(x) >= 0 for x in cfg.lengths), f"lengths must be non-negative, got {cfg.lengths}"),
+        (cfg.questions_per_sample >= 1, "questions_per_sample must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+
+
+class TaskData:
+    """Training and held-out samples for a task spec, as padded token / target batches."""
+
+    def __init__(self, cfg: TrainConfig, tokenizer=None):
+        from .tasks.babi import generate_babi, read_babi_dir, task_words
+        from .tasks.babilong import BabilongTask, parse_task_spec
+        from .tasks.text import TokenizedHaystack, WordTokenizer, load_haystack
+
+        self.cfg = cfg
+        self.tasks = [n for _, n in parse_task_spec(cfg.task)]
+        source = load_haystack(cfg.haystack or None)
+        words = sorted({w for n in self.tasks for w in task_words(n)})
+        if tokenizer is None:
+            texts = source.sentences() if hasattr(source, "sentences") else []
+            tokenizer = WordTokenizer.build(words, texts, max_size=cfg.vocab_size)
+        self.tokenizer = tokenizer
+        self.haystack = TokenizedHaystack(tokenizer, source)
+        self.train, self.heldout = [], []
+        for i, n in enumerate(self.tasks):
+            kw = {"max_facts": cfg.max_facts} if cfg.max_facts else {}
+            pool = generate_babi(n, cfg.train_pool // len(self.tasks), seed=cfg.seed * 1000 + n, **kw)
+            held = read_babi_dir(cfg.babi_dir, n) if cfg.babi_dir else generate_babi(n, 2000, seed=10**6 + n)
+            self.train.append(BabilongTask(n, pool, tokenizer, self.haystack))
+            self.heldout.append(BabilongTask(n, held, tokenizer, self.haystack))
+
+    def batch(self, tasks, length: int, n: int, seed: int, extra_questions: int = 1):
+        """n samples of `length` tokens (0 = facts only, left-padded) -> tokens [n, L], targets [n, L]."""
+        rng = random.Random(seed)
+        seqs, tgts = [], []
+        for i in range(n):
+            task = tasks[rng.randrange(len(tasks))]
+            s = self._sample(task, length, rng.randrange(2**31))
+            toks, tg = list(s.tokens), [-100] * len(s.tokens)
+            tg[s.answer_pos] = s.answer
+            for _ in range(extra_questions - 1):  # more questions about the same facts, answered inline
+                q = task.sample(0, rng.randrange(2**31))
+                toks += [s.answer] + list(q.tokens[q.question_span[0] : q.question_span[1]])
+                tg += [-100] * (1 + q.question_span[1] - q.question_span[0])
+            seqs.append(toks)
+            tgts.append(tg)
+        L = max(map(len, seqs))
+        x = torch.zeros(n, L, dtype=torch.long)
+        y = torch.full((n, L), -100, dtype=torch.long)
+        for i, (t, g) in enumerate(zip(seqs, tgts)):
+            x[i, L - len(t) :] = torch.tensor(t)
+            y[i, L - len(g) :] = torch.tensor(g)
+        return x, y
+
+    def _sample(self, task, length, seed):
+        try:
+            return task.sample(length, seed)
+        except ValueError:  # length shorter than this question's facts: use the shortest that fits
+            return task.sample(0, seed)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def length_for(cfg: TrainConfig, step: int, rng: random.Random) -> int:
+    stage = min(step // max(cfg.stage_steps, 1), len(cfg.lengths) - 1)
+    # half the batches at the current stage, half replaying earlier stages (keeps short lengths solved)
+    return int(cfg.lengths[stage] if stage == 0 or rng.random() < 0.5 else cfg.lengths[rng.randrange(stage)])
+
+
+@torch.no_grad()
+def evaluate_heldout(model, data: TaskData, length: int, n: int, seed: int = 12345, batch: int = 32) -> float:
+    model.eval()
+    correct = total = 0
+    for b in range(0, n, batch):
+        x, y = data.batch(data.heldout, length, min(batch, n - b), seed + b)
+        _, acc, cnt = unroll(model, x, y)
+        correct += acc * cnt
+        total += cnt
+    model.train()
+    return correct / max(total, 1)
+
+
+def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Train and write checkpoints to out_dir. Returns the training history."""
+    from tqdm import tqdm
+
+    validate(cfg)
+    out_dir = Path(out_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    state = None
+    if resume and (out_dir / "trainer_state.pt").is_file():
+        model, tokenizer, state = load_checkpoint(out_dir, with_trainer_state=True)
+        saved = train_config_from_dict(state["train_config"])
+        if dataclasses.asdict(saved) != dataclasses.asdict(cfg):
+            log(f"resume: using the training config saved in {out_dir} (the given one differs)")
+            cfg = saved
+        data = TaskData(cfg, tokenizer)
+    else:
+        if resume:
+            log(f"resume: no checkpoint in {out_dir}; starting from scratch")
+        data = TaskData(cfg)
+        model = build_model(make_config(cfg.model, vocab_size=len(data.tokenizer), **cfg.model_args))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    history = {"step": [], "loss": [], "train_acc": [], "eval": []}
+    start = 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start = state["history"], state["step"]
+    seconds = state["seconds"] if state else 0.0
+
+    def checkpoint(step):
+        ts = {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "history": history, "step": step,
+              "train_config": dataclasses.asdict(cfg), "seconds": seconds}
+        info = {"train_config": dataclasses.asdict(cfg), "step": step, "train_seconds": round(seconds, 1),
+                "params": model.num_params(), "final_eval": history["eval"][-1] if history["eval"] else None}
+        save_checkpoint(out_dir, model, data.tokenizer, ts, info)
+
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, dynamic_ncols=True)
+    ema_acc, toks, t_last = None, 0, time.time()
+    for step in bar:
+        t0 = time.time()
+        rng = random.Random(cfg.seed * 7919 + step)
+        length = length_for(cfg, step, rng)
+        x, y = data.batch(data.train, length, cfg.batch_size, rng.randrange(2**31), cfg.questions_per_sample)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        loss, acc, _ = unroll(model, x, y, cfg.bptt_depth, lm_weight=cfg.lm_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        seconds += time.time() - t0
+        toks += x.numel()
+        ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
+        history["step"].append(step)
+        history["loss"].append(round(loss.item(), 4))
+        history["train_acc"].append(round(acc, 4))
+        if time.time() - t_last > 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{ema_acc:.2f}", L=length, tok_s=f"{toks / (time.time() - t_last):.0f}")
+            toks, t_last = 0, time.time()
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            cur = int(cfg.lengths[min(step // max(cfg.stage_steps, 1), len(cfg.lengths) - 1)])
+            acc_h = evaluate_heldout(model, data, cur, cfg.eval_samples)
+            history["eval"].append({"step": done, "length": cur, "heldout_acc": round(acc_h, 4), "seconds": round(seconds, 1)})
+            log(f"step {done}: held-out accuracy {acc_h:.3f} at length {cur} ({seconds:.0f}s of training)")
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            checkpoint(done)
+    return history
+
+
+def config_json(cfg: TrainConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=2)
+
+
+__all__ = ["TrainConfig", "train", "load_recipe", "train_config_from_dict", "TaskData", "np"]

@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from memlab.models.base import state_nbytes
+from memlab.models.registry import build_model, known_models, make_config
+from memlab.stream import stream, unroll
+
+TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=2)
+
+
+def _stream_manually(model, x, seg):
+    state, outs = model.init_state(x.shape[0]), []
+    for s in range(0, x.shape[1], seg):
+        out = model(x[:, s : s + seg], state)
+        state = out.state
+        outs.append(out.logits)
+    return torch.cat(outs, dim=1), state
+
+
+@pytest.mark.parametrize("seg", [1, 7, 16, 50])
+def test_full_attention_streaming_equals_full_forward(seg):
+    torch.manual_seed(0)
+    m = build_model(make_config("transformer", **TINY)).eval()
+    x = torch.randint(0, 61, (2, 50))
+    with torch.no_grad():
+        full = m(x).logits
+        streamed, state = _stream_manually(m, x, seg)
+    assert torch.allclose(full, streamed, atol=1e-5), (full - streamed).abs().max()  # tolerance: 1e-5 (fp32)
+    assert state.keys[0].shape[2] == 50  # the KV cache holds every past token
+
+
+@pytest.mark.parametrize("window,seg", [(5, 3), (8, 8), (8, 20), (1, 4)])
+def test_sliding_window_state_bounded_and_streaming_equal(window, seg):
+    torch.manual_seed(0)
+    m = build_model(make_config("transformer", window=window, **TINY)).eval()
+    x = torch.randint(0, 61, (2, 47))
+    with torch.no_grad():
+        full = m(x).logits
+        state, outs = m.init_state(2), []
+        for s in range(0, 47, seg):
+            out = m(x[:, s : s + seg], state)
+            state = out.state
+            outs.append(out.logits)
+            assert all(k.shape[2] <= window for k in state.keys)
+    assert torch.allclose(full, torch.cat(outs, 1), atol=1e-5)
+    # a token outside the window cannot influence the last position
+    x2 = x.clone()
+    x2[:, 0] = (x2[:, 0] + 1) % 61
+    with torch.no_grad():
+        assert torch.allclose(m(x).logits[:, -1], m(x2).logits[:, -1], atol=1e-6)
+
+
+def test_window_changes_output_versus_full():
+    torch.manual_seed(0)
+    full = build_model(make_config("transformer", **TINY)).eval()
+    win = build_model(make_config("transformer", window=4, **TINY)).eval()
+    win.load_state_dict(full.state_dict())
+    x = torch.randint(0, 61, (1, 20))
+    with torch.no_grad():
+        assert torch.allclose(full(x).logits[:, :4], win(x).logits[:, :4], atol=1e-6)
+        assert not torch.allclose(full(x).logits[:, -1], win(x).logits[:, -1], atol=1e-4)
+
+
+def test_rmt_runner_matches_manual_loop_and_state_is_fixed_size():
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", num_mem=4, segment_len=8, **TINY)).eval()
+    x = torch.randint(0, 61, (3, 37))
+    with torch.no_grad():
+        manual, state = _stream_manually(m, x, 8)
+        res = stream(m, x, [0, 9, 36])
+    assert torch.allclose(res.logits, manual[:, [0, 9, 36]], atol=1e-5)
+    assert state_nbytes(res.state) == 3 * 4 * 32 * 4
+    long = stream(m, torch.randint(0, 61, (3, 400)), [399])
+    assert state_nbytes(long.state) == state_nbytes(res.state)  # does not grow with length
+
+
+def test_rmt_memory_carries_information_across_segments():
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", num_mem=4, segment_len=8, **TINY)).eval()
+    a = torch.randint(0, 61, (1, 16))
+    b = a.clone()
+    b[:, 0] = (b[:, 0] + 1) % 61  # change only the first segment
+    with torch.no_grad():
+        la, lb = m(a[:, 8:], m(a[:, :8]).state).logits, m(b[:, 8:], m(b[:, :8]).state).logits
+    assert not torch.allclose(la, lb)
+
+
+def _first_segment_grad(model, depth, n_seg=4, seg=8):
+    captured = []
+
+    def keep(mod, inp, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = model.embed.register_forward_hook(keep)
+    x = torch.randint(3, 61, (2, n_seg * seg))
+    y = torch.full_like(x, -100)
+    y[:, -1] = 5
+    loss, _, _ = unroll(model, x, y, bptt_depth=depth)
+    loss.backward()
+    hook.remove()
+    return [None if c.grad is None else c.grad.abs().sum().item() for c in captured]
+
+
+@pytest.mark.parametrize("kind", ["rmt", "transformer"])
+def test_truncated_bptt_depth(kind):
+    torch.manual_seed(0)
+    kw = dict(num_mem=4, segment_len=8) if kind == "rmt" else dict(segment_len=8)
+    m = build_model(make_config(kind, **kw, **TINY))
+    full = _first_segment_grad(m, None)
+    assert all(g is not None and g > 0 for g in full), full  # full BPTT reaches the first segment
+    two = _first_segment_grad(m, 2)
+    assert [g is not None and g > 0 for g in two] == [False, False, True, True], two  # stops after 2 segments
+
+
+def test_unknown_model_lists_known():
+    with pytest.raises(ValueError, match="known models: .*rmt.*transformer"):
+        make_config("gpt5")
+    with pytest.raises(ValueError, match="num_mem"):
+        build_model(make_config("rmt", num_mem=0, **TINY))
+    with pytest.raises(ValueError, match="no option"):
+        make_config("transformer", num_mem=3)
+    assert {"rmt", "transformer", "hf-rmt"} <= set(known_models())

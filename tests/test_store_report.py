@@ -1,0 +1,226 @@
+import json
+import sqlite3
+
+import pytest
+
+from memlab.metrics import METRICS, exact_match, get_metric, wilson_interval
+from memlab.report import format_bytes, format_length, write_report
+from memlab.store import Cell, ResultStore
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_cell(model="rmt", task="qa1", length=1000, samples=10, accuracy=0.5, **kw) -> Cell:
+    base = dict(model=model, task=task, length=length, samples=samples, accuracy=accuracy,
+                ci_low=None if accuracy is None else max(0.0, accuracy - 0.1),
+                ci_high=None if accuracy is None else min(1.0, accuracy + 0.1),
+                seconds=2.0, seconds_per_sample=0.2, tokens_per_s=5000.0,
+                state_bytes=4096, peak_rss_bytes=300 * 2**20)
+    base.update(kw)
+    return Cell(**base)
+
+
+# ---- metrics ------------------------------------------------------------------------------
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)
+    lo, hi = wilson_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    # wider z -> wider interval; interval always contains the point estimate
+    lo99, hi99 = wilson_interval(50, 100, z=2.576)
+    assert lo99 < 0.4038 and hi99 > 0.5962
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+
+
+def test_exact_match_and_registry():
+    assert exact_match("  Kitchen \n", "kitchen")
+    assert not exact_match("kitchen", "garden")
+    assert get_metric("exact_match") is exact_match and "exact_match" in METRICS
+    with pytest.raises(KeyError, match="exact_match"):
+        get_metric("f1_fuzzy")
+
+
+# ---- store --------------------------------------------------------------------------------
+
+
+def test_store_round_trip_and_to_json(tmp_path):
+    path = tmp_path / "sub" / "dir" / "results.sqlite"  # parent dirs are created
+    cell = make_cell(extra={"segment_len": 512, "notes": ["a", "b"]})
+    with ResultStore(path) as store:
+        stored = store.put(cell)
+        got = store.get("rmt", "qa1", 1000)
+    assert got == stored
+    assert got.created and stored.created.startswith("20")
+    assert got.extra == {"segment_len": 512, "notes": ["a", "b"]}
+    assert cell.created == ""  # put does not mutate its argument
+    d = got.to_json()
+    assert set(d) == {"model", "task", "length", "samples", "accuracy", "ci_low", "ci_high",
+                      "seconds", "seconds_per_sample", "tokens_per_s", "state_bytes",
+                      "peak_rss_bytes", "status", "estimate", "extra", "created"}
+    assert json.loads(json.dumps(d)) == d
+    assert Cell(**d) == got
+
+
+def test_store_upsert_replaces_and_orders(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.put(make_cell(length=4000, accuracy=0.2))
+        store.put(make_cell(length=1000, accuracy=0.9))
+        store.put(make_cell(model="armt", length=1000))
+        store.put(make_cell(length=4000, accuracy=0.7, samples=20))  # replaces
+        assert len(store) == 3
+        got = store.get("rmt", "qa1", 4000)
+        assert got.accuracy == 0.7 and got.samples == 20
+        keys = [(c.model, c.task, c.length) for c in store.cells()]
+        assert keys == [("armt", "qa1", 1000), ("rmt", "qa1", 1000), ("rmt", "qa1", 4000)]
+        assert [c.length for c in store.cells(model="rmt")] == [1000, 4000]
+        assert store.cells(task="qa2") == []
+        assert store.get("rmt", "qa1", 123) is None
+
+
+def test_store_has_semantics(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        assert not store.has("rmt", "qa1", 1000)
+        store.put(make_cell(samples=10))
+        assert store.has("rmt", "qa1", 1000)
+        assert store.has("rmt", "qa1", 1000, min_samples=10)
+        assert not store.has("rmt", "qa1", 1000, min_samples=11)
+        store.put(make_cell(samples=0, accuracy=None))
+        assert not store.has("rmt", "qa1", 1000)
+        store.put(make_cell(length=10**6, samples=0, accuracy=None, status="out_of_budget",
+                            estimate={"kv_bytes": 2**34, "reason": "KV cache exceeds budget"}))
+        assert store.has("rmt", "qa1", 10**6, min_samples=100)
+        with pytest.raises(ValueError, match="status"):
+            store.put(make_cell(status="crashed"))
+
+
+def test_store_persists_across_reopen(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as store:
+        store.put(make_cell(estimate=None, extra={"k": 1}))
+    with ResultStore(path) as store:
+        got = store.get("rmt", "qa1", 1000)
+        assert got is not None and got.extra == {"k": 1} and got.accuracy == 0.5
+
+
+def test_store_put_is_atomic_on_bad_value(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.put(make_cell(accuracy=0.5))
+        with pytest.raises(TypeError):
+            store.put(make_cell(accuracy=0.9, extra={"bad": object()}))
+        assert store.get("rmt", "qa1", 1000).accuracy == 0.5
+
+
+def test_store_accepts_numpy_scalars(tmp_path):
+    np = pytest.importorskip("numpy")
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.put(make_cell(length=np.int64(2000), accuracy=np.float32(0.25),
+                            state_bytes=np.int64(10), extra={"x": np.float64(1.5)}))
+        got = store.get("rmt", "qa1", 2000)
+        assert got.accuracy == 0.25 and got.state_bytes == 10 and got.extra == {"x": 1.5}
+
+
+def test_store_rejects_non_sqlite_file(tmp_path):
+    bad = tmp_path / "results.sqlite"
+    bad.write_text("this is not a database\n" * 100)
+    with pytest.raises(ValueError) as err:
+        ResultStore(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "delete it" in msg and "--store" in msg
+
+
+def test_store_rejects_foreign_sqlite_schema(tmp_path):
+    path = tmp_path / "other.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE cells (a INTEGER)")
+    con.commit()
+    con.close()
+    with pytest.raises(ValueError, match="--store"):
+        ResultStore(path)
+
+
+# ---- report -------------------------------------------------------------------------------
+
+
+def test_format_helpers():
+    assert format_length(1000) == "1k"
+    assert format_length(1500) == "1.5k"
+    assert format_length(4000) == "4k"
+    assert format_length(1_000_000) == "1M"
+    assert format_length(11_000_000) == "11M"
+    assert format_length(999_999) == "1M"
+    assert format_length(512) == "512"
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(2**20) == "1 MiB"
+    assert format_bytes(3 * 2**30) == "3 GiB"
+    assert format_bytes(None) == "-"
+
+
+def synthetic_store(path) -> ResultStore:
+    store = ResultStore(path)
+    lengths = [1000, 4000, 16000, 64000, 1_000_000]
+    for task in ("qa1", "qa2"):
+        for m, (model, drop) in enumerate([("transformer", 0.2), ("rmt", 0.08), ("armt", 0.03)]):
+            for j, L in enumerate(lengths):
+                if model == "transformer" and L >= 64000:
+                    store.put(make_cell(model, task, L, samples=0, accuracy=None, ci_low=None,
+                                        ci_high=None, seconds=None, seconds_per_sample=None,
+                                        tokens_per_s=None, state_bytes=None, status="out_of_budget",
+                                        estimate={"kv_bytes": 2 * 2 * 64 * L * 4,
+                                                  "projected_seconds_per_token": 1e-5 * L / 1000,
+                                                  "reason": "KV cache over budget"}))
+                    continue
+                if model == "armt" and task == "qa2" and L == 16000:
+                    continue  # a missing cell
+                acc = max(0.0, 0.97 - drop * j)
+                store.put(make_cell(model, task, L, samples=50, accuracy=acc,
+                                    tokens_per_s=1e5 / (1 + (L / 1000 if model == "transformer" else 1)),
+                                    state_bytes=(2 * 2 * 64 * L * 4 if model == "transformer" else 65536)))
+    return store
+
+
+def test_report_writes_all_files(tmp_path):
+    with synthetic_store(tmp_path / "r.sqlite") as store:
+        paths = write_report(store, tmp_path / "out", title="demo <report>")
+    assert set(paths) == {"accuracy_heatmap", "state_bytes", "time_per_token", "report_md",
+                          "report_html"}
+    for name in ("accuracy_heatmap", "state_bytes", "time_per_token"):
+        data = paths[name].read_bytes()
+        assert paths[name].suffix == ".png"
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, name
+    md = paths["report_md"].read_text()
+    assert md.startswith("# demo <report>")
+    for model in ("transformer", "rmt", "armt"):
+        assert model in md
+    for fname in ("accuracy_heatmap.png", "state_bytes.png", "time_per_token.png"):
+        assert f"]({fname})" in md
+    oob_rows = [line for line in md.splitlines() if "out_of_budget" in line and "transformer" in line]
+    assert oob_rows and "KV" in oob_rows[0]
+    assert "0.970 [" in md  # accuracy with its interval
+    page = paths["report_html"].read_text()
+    assert "demo &lt;report&gt;" in page and "<report>" not in page
+    assert 'src="state_bytes.png"' in page and "http" not in page
+    # no temp files left behind
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["accuracy_heatmap.png", "state_bytes.png", "time_per_token.png", "report.md", "report.html"])
+
+
+def test_report_only_out_of_budget_cells(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.put(make_cell(samples=0, accuracy=None, status="out_of_budget", tokens_per_s=None,
+                            state_bytes=None, estimate={"reason": "too slow"}))
+        paths = write_report(store, tmp_path / "out")
+    assert "too slow" in paths["report_md"].read_text()
+    assert paths["state_bytes"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_report_empty_store_is_clear_error(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        with pytest.raises(ValueError, match="no results in .*run memlab eval first"):
+            write_report(store, tmp_path / "out")
