@@ -121,3 +121,17 @@ def test_unknown_model_lists_known():
     with pytest.raises(ValueError, match="no option"):
         make_config("transformer", num_mem=3)
     assert {"rmt", "transformer", "hf-rmt"} <= set(known_models())
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_short_conv_streaming_equals_full_forward(window):
+    torch.manual_seed(0)
+    m = build_model(make_config("transformer", conv=4, window=window, **TINY)).eval()
+    for blk in m.blocks:  # non-zero conv weights so the test means something
+        torch.nn.init.normal_(blk.conv.weight, std=0.5)
+    x = torch.randint(0, 61, (2, 29))
+    with torch.no_grad():
+        full = m(x).logits
+        streamed, state = _stream_manually(m, x, 5)
+    assert torch.allclose(full, streamed, atol=1e-5)
+    assert state.conv[0].shape == (2, 3, 32)

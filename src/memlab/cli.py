@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_BOOKS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "books"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # src/memlab/cli.py -> the project root
+DEFAULT_BOOKS = REPO_ROOT.parent / "shared" / "data" / "books"  # ../shared/data/books beside the project
 
 
 class UserError(Exception):
@@ -32,13 +32,24 @@ def cmd_train(a):
     if a.haystack:
         over["haystack"] = a.haystack
     if a.model_args:
-        over["model_args"] = {**cfg.model_args, **json.loads(a.model_args)}
+        try:
+            args = json.loads(a.model_args)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--model-args is not valid JSON ({e}); write an object such as '{{\"num_mem\": 16}}'") from None
+        if not isinstance(args, dict):
+            raise UserError(f"--model-args must be a JSON object such as '{{\"num_mem\": 16}}', got {a.model_args!r}")
+        over["model_args"] = {**cfg.model_args, **args}
     cfg = train_config_from_dict({**dataclasses.asdict(cfg), **over}, source="train options")
     validate(cfg)
-    from .models.registry import known_models, model_classes
-    model_classes(cfg.model)  # unknown name -> clear error listing the known ones
+    from .models.registry import make_config
     from .tasks.babilong import parse_task_spec
+    from .tasks.text import load_haystack
+
+    # validate before anything is written: unknown model (lists the known ones) or option, task, haystack files
+    make_config(cfg.model, **cfg.model_args)
     parse_task_spec(cfg.task)
+    if cfg.haystack:
+        load_haystack(cfg.haystack)
     out = Path(a.out or f"runs/{cfg.model}-{cfg.task.split(':')[-1].replace(',', '-')}")
     print(f"training {cfg.model} on {cfg.task} -> {out}", file=sys.stderr)
     hist = train(cfg, out, resume=a.resume, progress=not a.no_progress, log=lambda m: print(m, file=sys.stderr))
@@ -47,21 +58,24 @@ def cmd_train(a):
 
 def cmd_eval(a):
     from .checkpoint import load_checkpoint
-    from .evaluate import EvalSpec, evaluate_checkpoint, model_name
+    from .evaluate import EvalSpec, check_lengths, evaluate_checkpoint, model_name
     from .store import ResultStore
     from .tasks.babilong import parse_lengths, parse_task_spec
 
+    # validate every input before the store is created or any cell is computed
     tasks = [n for _, n in parse_task_spec(a.task)]
     spec = EvalSpec(tasks, parse_lengths(a.lengths), a.samples, a.batch_size, a.seed, a.haystack or _books_default() or None,
                     a.babi_dir, a.time_budget, a.force, a.max_samples_long)
     if a.haystack:
         from .tasks.text import load_haystack
-        load_haystack(a.haystack)  # validate files before any work
+        load_haystack(a.haystack)
     loaded = [(model_name(c), *load_checkpoint(c)[:2]) for c in a.checkpoints]
+    for (_, _, tok), c in zip(loaded, a.checkpoints):
+        if tok is None:
+            raise UserError(f"checkpoint {c} has no tokenizer.json; retrain it with `memlab train`")
+        check_lengths(tok, spec)  # also reads --babi-dir
     with ResultStore(a.store) as store:
         for name, model, tok in loaded:
-            if tok is None:
-                raise UserError(f"checkpoint {name} has no tokenizer.json; retrain it with `memlab train`")
             emit = (lambda c: print(json.dumps(c.to_json()), flush=True)) if a.json else None
             evaluate_checkpoint(name, model, tok, spec, store, log=lambda m: print(m, file=sys.stderr), on_cell=emit)
 
@@ -69,6 +83,8 @@ def cmd_eval(a):
 def cmd_report(a):
     from .report import write_report
 
+    if not Path(a.store).is_file():  # do not create an empty store just to report that it is empty
+        raise UserError(f"results store {a.store} does not exist; run `memlab eval ... --store {a.store}` first, or pass --store")
     paths = write_report(a.store, a.out)
     for k, p in paths.items():
         print(f"{k}: {p}")
@@ -157,7 +173,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, OSError) as e:  # ValueError covers CheckpointError, HaystackError, bad specs
         print(f"memlab {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ import torch
 
 from .metrics import wilson_interval
 from .models.base import state_nbytes
+from .report import format_bytes
 from .store import Cell, ResultStore
 from .stream import stream
 
@@ -77,10 +78,11 @@ def preflight(model, length: int, batch: int, time_budget: float, samples: int) 
     out = {"kv_bytes": est["state_bytes"], "projected_seconds": round(projected, 1),
            "projected_seconds_per_token": projected / (samples * length), "mem_available": mem_available_bytes()}
     if est["state_bytes"] is not None and est["state_bytes"] * batch * 3 > out["mem_available"]:
-        out["reason"] = f"KV cache of {est['state_bytes'] * batch / 2**30:.1f} GiB (x3 working memory) exceeds the {out['mem_available'] / 2**30:.1f} GiB available"
+        out["reason"] = (f"KV cache of {format_bytes(est['state_bytes'] * batch)} (x3 working memory) exceeds the "
+                         f"{format_bytes(out['mem_available'])} of memory available")
         raise BudgetError(out["reason"], out)
     if projected > time_budget:
-        out["reason"] = f"projected {projected:.0f}s exceeds the time budget of {time_budget:.0f}s"
+        out["reason"] = f"projected {projected:.3g}s exceeds the time budget of {time_budget:g}s (--time-budget)"
         raise BudgetError(out["reason"], out)
     return out
 
@@ -115,39 +117,79 @@ class EvalSpec:
     force: bool = False  # run cells the preflight refuses
     max_samples_long: int | None = None  # cap samples for lengths >= 1M (stated in the cell)
 
+    def __post_init__(self):
+        checks = [(self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
+                  (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+                  (self.time_budget > 0, f"time budget must be > 0 seconds, got {self.time_budget}"),
+                  (self.max_samples_long is None or self.max_samples_long >= 1,
+                   f"max samples at long lengths must be >= 1, got {self.max_samples_long}")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def samples_at(self, length: int) -> int:
+        if self.max_samples_long and length >= 1_000_000:
+            return min(self.samples, self.max_samples_long)
+        return self.samples
+
+
+def task_questions(spec: EvalSpec, task: int) -> list:
+    """The held-out questions of a task: original bAbI files if given, else generated (seed-determined)."""
+    from .tasks.babi import generate_babi, read_babi_dir
+
+    return read_babi_dir(spec.babi_dir, task) if spec.babi_dir else generate_babi(task, 2000, seed=10**6 + task)
+
+
+def _sample_seed(spec: EvalSpec, i: int) -> int:
+    return spec.seed * 1_000_003 + i
+
+
+def check_lengths(tokenizer, spec: EvalSpec) -> None:
+    """Raise ValueError, before any work, if a length cannot hold the facts and question of its samples."""
+    from .tasks.babilong import BabilongTask
+
+    for task in spec.tasks:
+        bare = BabilongTask(task, task_questions(spec, task), tokenizer, None)  # facts + question only
+        need = [len(bare.sample(0, _sample_seed(spec, i)).tokens) for i in range(max(map(spec.samples_at, spec.lengths)))]
+        for length in spec.lengths:
+            needed = max(need[: spec.samples_at(length)])
+            if length < needed:
+                raise ValueError(f"length {length} is too short for babilong:qa{task}: its samples need up to {needed} "
+                                 f"tokens for the facts and question alone; use --lengths of at least {needed}")
+
 
 def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: ResultStore, log=print, on_cell=None):
     """Evaluate one model on every (task, length) cell not yet in the store."""
-    from .tasks.babi import generate_babi, read_babi_dir
     from .tasks.babilong import BabilongTask
     from .tasks.text import TokenizedHaystack, load_haystack
 
+    check_lengths(tokenizer, spec)  # bad lengths fail before any cell is computed or stored
     model.eval()
     hay = None
     for task in spec.tasks:
         task_name = f"babilong:qa{task}"
-        questions = None
+        bt = None
         for length in spec.lengths:
-            n = spec.samples
-            if spec.max_samples_long and length >= 1_000_000:
-                n = min(n, spec.max_samples_long)
-            if store.has(name, task_name, length, min_samples=n):
+            n = spec.samples_at(length)
+            done = store.get(name, task_name, length)
+            if done is not None and done.status == "ok" and done.samples >= n:
                 log(f"{name} {task_name} {length}: done already, skipped")
                 continue
-            try:
+            try:  # a refused cell is re-checked on every run: a larger --time-budget or --force may now admit it
                 est = preflight(model, length, min(spec.batch_size, n), spec.time_budget, n) if not spec.force else {}
             except BudgetError as e:
+                if done is not None and done.status == "out_of_budget":
+                    log(f"{name} {task_name} {length}: refused by preflight already, skipped ({e}; use --force to run anyway)")
+                    continue
                 cell = store.put(Cell(name, task_name, length, 0, None, None, None, None, None, None, e.estimate["kv_bytes"], None, "out_of_budget", e.estimate))
                 log(f"{name} {task_name} {length}: refused by preflight: {e} (use --force to run anyway)")
                 on_cell and on_cell(cell)
                 continue
             if hay is None:
                 hay = TokenizedHaystack(tokenizer, load_haystack(spec.haystack or None))
-            if questions is None:
-                questions = read_babi_dir(spec.babi_dir, task) if spec.babi_dir else generate_babi(task, 2000, seed=10**6 + task)
-                bt = BabilongTask(task, questions, tokenizer, hay)
-            cell = run_cell(name, task_name, bt, model, length, n, spec, est)
-            store.put(cell)
+            if bt is None:
+                bt = BabilongTask(task, task_questions(spec, task), tokenizer, hay)
+            cell = store.put(run_cell(name, task_name, bt, model, length, n, spec, est))  # stored: `created` set
             log(f"{name} {task_name} {length}: accuracy {cell.accuracy:.3f} [{cell.ci_low:.3f}, {cell.ci_high:.3f}] "
                 f"n={n} {cell.tokens_per_s:.0f} tok/s state {cell.state_bytes} B")
             on_cell and on_cell(cell)
@@ -157,7 +199,7 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
     _reset_peak_rss()
     correct, t0, state_bytes = 0, time.perf_counter(), 0
     for b in range(0, n, spec.batch_size):
-        samples = [bt.sample(length, spec.seed * 1_000_003 + i) for i in range(b, min(b + spec.batch_size, n))]
+        samples = [bt.sample(length, _sample_seed(spec, i)) for i in range(b, min(b + spec.batch_size, n))]
         tokens = np.stack([s.tokens for s in samples])
         res = stream(model, tokens, [length - 1] if length else [tokens.shape[1] - 1])
         pred = res.logits[:, 0].argmax(-1)

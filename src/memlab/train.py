@@ -35,9 +35,11 @@ class TrainConfig:
     grad_clip: float = 1.0  # max grad norm
     bptt_depth: int | None = None  # None = full BPTT through every segment of a sample
     lm_weight: float = 0.0  # auxiliary next-token loss weight
-    questions_per_sample: int = 1  # >1 appends extra questions (with answers) for denser supervision
     train_pool: int = 50000  # generated training questions (seed-determined)
     max_facts: int | None = None  # cap facts per generated question (None = as in bAbI)
+    inline_questions: float = 0.0  # chance that each earlier question of the story is asked (and answered) inline
+    facts_cap_start: int = 0  # fact curriculum: train on questions with <= this many facts at step 0 (0 = off)
+    facts_cap_every: int = 100  # ... and one more fact allowed every this many steps
     vocab_size: int = 2048  # tokenizer size: task words + most frequent haystack words
     haystack: list = field(default_factory=list)  # text files; empty = procedural haystack
     babi_dir: str | None = None  # original bAbI files for held-out evaluation (else generated held-out)
@@ -66,6 +68,12 @@ def train_config_from_dict(data: dict, source: str = "config") -> TrainConfig:
     bad = sorted(set(data) - names)
     if bad:
         raise ValueError(f"{source}: unknown field(s) {bad}; known fields: {sorted(names)}")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in data and data[f.name] is not None:
+            want = {"int": int, "float": (int, float), "str": str, "dict": dict, "list": list, "bool": bool}
+            base = str(f.type).split(" ")[0].split("|")[0].strip()
+            if base in want and not isinstance(data[f.name], want[base]) or (base == "int" and isinstance(data[f.name], bool)):
+                raise ValueError(f"{source}: field {f.name!r} must be {base}, got {data[f.name]!r}")
     cfg = TrainConfig(**data)
     validate(cfg)
     return cfg
@@ -78,7 +86,6 @@ def validate(cfg: TrainConfig):
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.bptt_depth is None or cfg.bptt_depth >= 1, f"bptt_depth must be >= 1 or null, got {cfg.bptt_depth}"),
         (len(cfg.lengths) >= 1 and all(int(x) >= 0 for x in cfg.lengths), f"lengths must be non-negative, got {cfg.lengths}"),
-        (cfg.questions_per_sample >= 1, "questions_per_sample must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -110,19 +117,31 @@ class TaskData:
             self.train.append(BabilongTask(n, pool, tokenizer, self.haystack))
             self.heldout.append(BabilongTask(n, held, tokenizer, self.haystack))
 
-    def batch(self, tasks, length: int, n: int, seed: int, extra_questions: int = 1):
-        """n samples of `length` tokens (0 = facts only, left-padded) -> tokens [n, L], targets [n, L]."""
+    def batch(self, tasks, length: int, n: int, seed: int, facts_cap: int = 0, inline: float = 0.0):
+        """n samples of `length` tokens (0 = facts only, left-padded) -> tokens [n, L], targets [n, L].
+        facts_cap > 0 keeps questions with at most that many facts; inline > 0 also asks earlier questions
+        of the same story right where the original bAbI file asks them, with their answers as targets."""
+        from .tasks.babilong import make_sample
+
         rng = random.Random(seed)
         seqs, tgts = [], []
+        qmark = self.tokenizer.token_id("?")
         for i in range(n):
             task = tasks[rng.randrange(len(tasks))]
-            s = self._sample(task, length, rng.randrange(2**31))
+            if facts_cap or inline:
+                q = self._pick(task, facts_cap, rng)
+                if inline:
+                    q = self._with_inline(task, q, inline, rng)
+                s = self._make(make_sample, task, q, length, rng.randrange(2**31))
+            else:
+                s = self._sample(task, length, rng.randrange(2**31))
             toks, tg = list(s.tokens), [-100] * len(s.tokens)
+            if inline:
+                for a, b in s.fact_spans:  # inline answers follow their '?'
+                    for j in range(a, b - 1):
+                        if toks[j] == qmark:
+                            tg[j] = toks[j + 1]
             tg[s.answer_pos] = s.answer
-            for _ in range(extra_questions - 1):  # more questions about the same facts, answered inline
-                q = task.sample(0, rng.randrange(2**31))
-                toks += [s.answer] + list(q.tokens[q.question_span[0] : q.question_span[1]])
-                tg += [-100] * (1 + q.question_span[1] - q.question_span[0])
             seqs.append(toks)
             tgts.append(tg)
         L = max(map(len, seqs))
@@ -133,11 +152,52 @@ class TaskData:
             y[i, L - len(g) :] = torch.tensor(g)
         return x, y
 
+    def _pick(self, task, facts_cap, rng):
+        qs = task.questions
+        for _ in range(100):
+            q = qs[rng.randrange(len(qs))]
+            if not facts_cap or len(q.facts) <= facts_cap:
+                return q
+        return min((qs[rng.randrange(len(qs))] for _ in range(100)), key=lambda q: len(q.facts))
+
+    def _with_inline(self, task, q, inline, rng):
+        """The question with earlier questions of its story (same fact prefix) asked inline after their facts."""
+        from .tasks.babi import Question
+
+        facts = list(q.facts)
+        for e in self._earlier(task, q):
+            if rng.random() < inline:
+                k = len(e.facts) - 1
+                facts[k] = f"{facts[k]} {e.question} {e.answer}"
+        return Question(tuple(facts), q.question, q.answer, q.supporting, q.task)
+
+    def _earlier(self, task, q):
+        if not hasattr(task, "_prefix"):  # index: question -> earlier questions sharing its fact prefix
+            task._prefix, prev = {}, []
+            for x in task.questions:
+                prev = [p for p in prev if x.facts[: len(p.facts)] == p.facts and len(p.facts) < len(x.facts)]
+                task._prefix[id(x)] = list(prev)
+                prev.append(x)
+        return task._prefix.get(id(q), [])
+
+    def _make(self, make_sample, task, q, length, seed):
+        if length > 0:
+            try:
+                return make_sample(q, length, task.tokenizer, task.haystack, np.random.default_rng([seed, 1]))
+            except ValueError:
+                pass
+        return make_sample(q, 0, task.tokenizer, None, np.random.default_rng([seed, 1]))
+
     def _sample(self, task, length, seed):
-        try:
-            return task.sample(length, seed)
-        except ValueError:  # length shorter than this question's facts: use the shortest that fits
-            return task.sample(0, seed)
+        from .tasks.babilong import make_sample
+
+        if length > 0:
+            try:
+                return task.sample(length, seed)
+            except ValueError:  # shorter than this question's facts: fall back to facts only
+                pass
+        qi = int(np.random.default_rng([seed, 0]).integers(len(task.questions)))
+        return make_sample(task.questions[qi], 0, task.tokenizer, None, np.random.default_rng([seed, 1]))
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -166,8 +226,9 @@ def evaluate_heldout(model, data: TaskData, length: int, n: int, seed: int = 123
     return correct / max(total, 1)
 
 
-def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Train and write checkpoints to out_dir. Returns the training history."""
+def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True, log=print, until: int | None = None) -> dict:
+    """Train and write checkpoints to out_dir; `until` stops (with a checkpoint) after that step, as an
+    interruption would. Returns the training history."""
     from tqdm import tqdm
 
     validate(cfg)
@@ -211,7 +272,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         t0 = time.time()
         rng = random.Random(cfg.seed * 7919 + step)
         length = length_for(cfg, step, rng)
-        x, y = data.batch(data.train, length, cfg.batch_size, rng.randrange(2**31), cfg.questions_per_sample)
+        cap = cfg.facts_cap_start + step // max(cfg.facts_cap_every, 1) if cfg.facts_cap_start else 0
+        x, y = data.batch(data.train, length, cfg.batch_size, rng.randrange(2**31), cap, cfg.inline_questions)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         loss, acc, _ = unroll(model, x, y, cfg.bptt_depth, lm_weight=cfg.lm_weight)
@@ -234,8 +296,10 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             acc_h = evaluate_heldout(model, data, cur, cfg.eval_samples)
             history["eval"].append({"step": done, "length": cur, "heldout_acc": round(acc_h, 4), "seconds": round(seconds, 1)})
             log(f"step {done}: held-out accuracy {acc_h:.3f} at length {cur} ({seconds:.0f}s of training)")
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == until:
             checkpoint(done)
+        if done == until:
+            break
     return history
 
 

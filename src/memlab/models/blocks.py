@@ -68,25 +68,48 @@ class MLP(nn.Module):
         return self.proj(F.gelu(self.fc(x)))
 
 
-class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over the last `kernel` positions (H3 / Based / Mamba style "short conv").
+    It hands each token its neighbours directly, so attention can match on (token, context) in one hop.
+    x: [B, T, D]; tail: [B, kernel-1, D] inputs preceding x (zeros at the start of a sequence)."""
 
-    def __init__(self, d_model: int, n_heads: int, mlp_mult: int = 4, rope_base: float = 10000.0):
+    def __init__(self, d_model: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.zeros(d_model, kernel))  # zero init: starts as the identity block
+
+    def forward(self, x, tail=None):
+        B, T, D = x.shape
+        if tail is None:
+            tail = x.new_zeros(B, self.kernel - 1, D)
+        xp = torch.cat((tail, x), dim=1)  # [B, K-1+T, D]
+        y = F.conv1d(rearrange(xp, "b t d -> b d t"), self.weight.flip(-1).unsqueeze(1), groups=D)
+        return x + rearrange(y, "b d t -> b t d"), xp[:, xp.shape[1] - (self.kernel - 1) :]
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(conv(norm(x))), then x + mlp(norm(x)). conv=0: no short conv."""
+
+    def __init__(self, d_model: int, n_heads: int, mlp_mult: int = 4, rope_base: float = 10000.0, conv: int = 0):
         super().__init__()
         self.norm1, self.norm2 = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
+        self.conv = ShortConv(d_model, conv) if conv > 1 else None
         self.attn = Attention(d_model, n_heads, rope_base)
         self.mlp = MLP(d_model, mlp_mult)
 
-    def forward(self, x, rope, cache=None, mask=None):
-        a, kv = self.attn(self.norm1(x), rope, cache, mask)
+    def forward(self, x, rope, cache=None, mask=None, conv_tail=None):
+        h = self.norm1(x)
+        if self.conv is not None:
+            h, conv_tail = self.conv(h, conv_tail)
+        a, kv = self.attn(h, rope, cache, mask)
         x = x + a
-        return x + self.mlp(self.norm2(x)), kv
+        return x + self.mlp(self.norm2(x)), kv, conv_tail
 
 
 def init_weights(module: nn.Module, n_layers: int, std: float = 0.02):
     """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers)."""
     for name, p in module.named_parameters():
-        if p.dim() < 2:
+        if p.dim() < 2 or name.endswith("conv.weight"):
             continue
         scale = 1 / math.sqrt(2 * n_layers) if name.endswith("proj.weight") else 1.0
         nn.init.normal_(p, mean=0.0, std=std * scale)

@@ -23,6 +23,7 @@ class RMTConfig:
     n_heads: int = 4  # attention heads per block
     mlp_mult: int = 4  # MLP hidden = mlp_mult * d_model
     num_mem: int = 16  # M memory vectors (the whole state)
+    conv: int = 0  # short causal depthwise conv kernel before attention, within a segment (0 = none)
     segment_len: int = 128  # tokens per segment (positions restart in every segment)
     rope_base: float = 10000.0  # rotary base
     kind: str = field(default="rmt")  # registry name, saved in config.json
@@ -41,7 +42,7 @@ class RMT(SequenceModel):
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.mem_init = nn.Parameter(torch.randn(c.num_mem, c.d_model) * 0.02)
-        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base, c.conv) for _ in range(c.n_layers))
         self.norm = nn.RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight  # tied
@@ -58,7 +59,7 @@ class RMT(SequenceModel):
         x = torch.cat((mem, self.embed(tokens), mem), dim=1)  # [B, M+T+M, D]
         rope = rotary_tables(torch.arange(x.shape[1], device=x.device), self.config.d_model // self.config.n_heads, self.config.rope_base)
         for block in self.blocks:
-            x, _ = block(x, rope)
+            x, _, _ = block(x, rope)
         h = self.norm(x)
         out_h, new_mem = h[:, M : M + T], h[:, M + T :]
         return ModelOutput(self.lm_head(out_h) if return_logits else None, MemoryState(new_mem), out_h)

@@ -19,6 +19,7 @@ class TransformerConfig:
     n_heads: int = 4  # attention heads per block
     mlp_mult: int = 4  # MLP hidden = mlp_mult * d_model
     window: int | None = None  # None: full attention (KV cache grows); W: keep only the last W keys/values
+    conv: int = 0  # short causal depthwise conv kernel before attention (0 = none)
     rope_base: float = 10000.0  # rotary base
     segment_len: int = 512  # tokens per segment when streamed by the runner
     kind: str = field(default="transformer")  # registry name, saved in config.json
@@ -28,6 +29,7 @@ class TransformerConfig:
 class KVState:
     keys: list  # per layer [B, H, S, K]; S = all past tokens, or <= window
     values: list  # per layer [B, H, S, K]
+    conv: list | None = None  # per layer [B, conv-1, D]: inputs the short conv still needs (None without conv)
     pos: int = 0  # absolute position of the next token
 
 
@@ -38,7 +40,7 @@ class Transformer(SequenceModel):
             raise ValueError(f"window must be >= 1 or None (full attention), got {config.window}")
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base, c.conv) for _ in range(c.n_layers))
         self.norm = nn.RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight  # tied
@@ -47,7 +49,8 @@ class Transformer(SequenceModel):
     def init_state(self, batch_size: int, device=None) -> KVState:
         c, hd = self.config, self.config.d_model // self.config.n_heads
         empty = lambda: torch.zeros(batch_size, c.n_heads, 0, hd, device=device)  # noqa: E731
-        return KVState([empty() for _ in range(c.n_layers)], [empty() for _ in range(c.n_layers)], 0)
+        conv = [torch.zeros(batch_size, c.conv - 1, c.d_model, device=device) for _ in range(c.n_layers)] if c.conv > 1 else None
+        return KVState([empty() for _ in range(c.n_layers)], [empty() for _ in range(c.n_layers)], conv, 0)
 
     def forward(self, tokens: torch.Tensor, state: KVState | None = None, return_logits: bool = True) -> ModelOutput:
         """tokens: [B, T]; state from init_state or the previous segment."""
@@ -60,12 +63,13 @@ class Transformer(SequenceModel):
         plain_causal = S == 0 and (self.config.window is None or self.config.window >= T)
         mask = None if plain_causal else attention_mask(q_pos, k_pos, self.config.window)
         x = self.embed(tokens)
-        keys, values = [], []
+        keys, values, convs = [], [], []
         for i, block in enumerate(self.blocks):
-            x, (k, v) = block(x, rope, (state.keys[i], state.values[i]), mask)
+            x, (k, v), tail = block(x, rope, (state.keys[i], state.values[i]), mask, state.conv[i] if state.conv else None)
+            convs.append(tail)
             if self.config.window is not None:
                 k, v = k[:, :, -self.config.window :], v[:, :, -self.config.window :]
             keys.append(k)
             values.append(v)
         h = self.norm(x)
-        return ModelOutput(self.lm_head(h) if return_logits else None, KVState(keys, values, state.pos + T), h)
+        return ModelOutput(self.lm_head(h) if return_logits else None, KVState(keys, values, convs if state.conv else None, state.pos + T), h)

@@ -11,7 +11,7 @@ correct by construction. Vocabulary and templates follow the original tasks:
     qa2 two supporting facts     "Mary got the football there."           "Where is the football?"
     qa3 three supporting facts   (same world)                             "Where was the football before the kitchen?"
     qa4 two-arg relations        "The office is north of the bedroom."    "What is north of the bedroom?"
-    qa5 three-arg relations      "Fred gave the milk to Bill."            "Who gave the milk to Bill?"
+    qa5 three-arg relations      "Fred gave the milk to Bill."            "Who gave the milk to Bill?" (and 4 more forms)
 """
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ class _World:
         self.holder: dict[str, str] = {}  # object -> person holding it
         self.floor: dict[str, tuple[str, int]] = {}  # object -> (place, the dropper's move fact) when dropped
         self.event: dict[str, int] = {}  # object -> last fact that picked it up / dropped / gave it
-        self.trail: dict[str, list[tuple[str, int]]] = {o: [] for o in OBJECTS}  # object -> places it has been, with the fact that brought it there
+        self.trail: dict[str, list[tuple[str, int, int]]] = {o: [] for o in OBJECTS}  # object -> places it has been: (place, fact that brought it there, fact that had it in hand)
         self.gives: list[tuple[str, str, str, int]] = []  # (giver, object, receiver, fact)
 
     def _add(self, fact: str) -> int:
@@ -206,7 +206,7 @@ class _World:
         self.loc[p] = (place, i)
         for o, h in self.holder.items():
             if h == p:
-                self.trail[o].append((place, i))
+                self.trail[o].append((place, i, self.event[o]))
 
     def can_get(self) -> list[tuple[str, str]]:
         out = []
@@ -227,7 +227,7 @@ class _World:
         self.floor.pop(o, None)
         self.event[o] = i
         if not self.trail[o]:
-            self.trail[o].append(self.loc[p])
+            self.trail[o].append((*self.loc[p], i))
 
     def drop(self, p: str, o: str) -> None:
         there = " there" if self.rng.random() < 0.2 else ""
@@ -298,18 +298,24 @@ class _World:
             o, place, sup = rng.choice(cands)
             return f"Where is the {o}?", place, sup
         if self.task == 3:
+            # "Where was the O before the X?": the place the object was in before its last arrival at X
             cands = []
             for o in OBJECTS:
                 t = self.trail[o]
-                if len(t) >= 2 and [x for x, _ in t].count(t[-1][0]) == 1:
-                    cands.append((o, t))
+                for k in range(1, len(t)):
+                    if all(t[j][0] != t[k][0] for j in range(k + 1, len(t))):
+                        cands.append((o, k))
             if not cands:
                 return None
-            o, t = rng.choice(cands)
-            return f"Where was the {o} before the {t[-1][0]}?", t[-2][0], (self.event[o], t[-1][1], t[-2][1])
+            current = [c for c in cands if c[1] == len(self.trail[c[0]]) - 1]
+            o, k = rng.choice(current if current and rng.random() < 0.7 else cands)
+            t = self.trail[o]
+            held = self.event[o] if k == len(t) - 1 else t[k][2]
+            return f"Where was the {o} before the {t[k][0]}?", t[k - 1][0], (held, t[k][1], t[k - 1][1])
         if self.task == 5:
             forms = {  # form -> (key of the event it asks about, answer)
                 "who_gave": (lambda g, o, r: (o, r), lambda g, o, r: g),
+                "who_gave_it": (lambda g, o, r: (o,), lambda g, o, r: g),
                 "what": (lambda g, o, r: (g, r), lambda g, o, r: o),
                 "received": (lambda g, o, r: (o,), lambda g, o, r: r),
                 "to_whom": (lambda g, o, r: (g, o), lambda g, o, r: r),
@@ -328,6 +334,7 @@ class _World:
             name, g, o, r, i, _ = rng.choice(recent if rng.random() < 0.6 else cands)
             question = {
                 "who_gave": f"Who gave the {o} to {r}?",
+                "who_gave_it": f"Who gave the {o}?",
                 "what": f"What did {g} give to {r}?",
                 "received": f"Who received the {o}?",
                 "to_whom": f"Who did {g} give the {o} to?",
@@ -364,20 +371,21 @@ def _story(task: int, rng: random.Random, n_questions: int, max_facts: int | Non
         return [_qa4_story(rng)]
     world = _World(task, rng)
     out: list[Question] = []
+    cap = max_facts if max_facts is not None else 200
+    # qa1 asks after every 2 facts; qa2/qa5 after a warm-up, then every 2 facts when a question exists;
+    # qa3 stories are long and ask now and then (as in the original files)
+    wait = {1: 2, 2: rng.randrange(2, 13, 2), 3: rng.randrange(4, 25, 2), 5: rng.randrange(2, 13, 2)}[task]
     since = 0
-    while len(out) < n_questions:
-        if max_facts is not None and len(world.facts) >= max_facts:
-            break
+    while len(out) < n_questions and len(world.facts) < cap:
         world.step()
         since += 1
-        if since < 2 and not (max_facts is not None and len(world.facts) >= max_facts):
+        if since < wait and len(world.facts) < cap:
             continue
-        if task == 3 and rng.random() < 0.75 and not (max_facts is not None and len(world.facts) >= max_facts):
-            continue  # qa3 stories are long: ask only now and then
         qa = world.ask()
         if qa is not None:
             out.append(Question(tuple(world.facts), qa[0], qa[1], qa[2], task))
             since = 0
+            wait = 2 if task != 3 else rng.randrange(2, 15, 2)
     return out
 
 
