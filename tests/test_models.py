@@ -135,3 +135,17 @@ def test_short_conv_streaming_equals_full_forward(window):
         streamed, state = _stream_manually(m, x, 5)
     assert torch.allclose(full, streamed, atol=1e-5)
     assert state.conv[0].shape == (2, 3, 32)
+
+
+@pytest.mark.parametrize("window", [None, 7])
+def test_recency_bias_streaming_equals_full_forward(window):
+    torch.manual_seed(0)
+    m = build_model(make_config("transformer", recency=True, conv=3, window=window, **TINY)).eval()
+    x = torch.randint(0, 61, (2, 33))
+    with torch.no_grad():
+        full = m(x).logits
+        streamed, _ = _stream_manually(m, x, 6)
+    assert torch.allclose(full, streamed, atol=1e-5)
+    r = build_model(make_config("rmt", recency=True, conv=3, num_mem=2, segment_len=8, **TINY)).eval()
+    with torch.no_grad():
+        assert torch.isfinite(stream(r, x, [32]).logits).all()

@@ -37,9 +37,6 @@ class TrainConfig:
     lm_weight: float = 0.0  # auxiliary next-token loss weight
     train_pool: int = 50000  # generated training questions (seed-determined)
     max_facts: int | None = None  # cap facts per generated question (None = as in bAbI)
-    inline_questions: float = 0.0  # chance that each earlier question of the story is asked (and answered) inline
-    facts_cap_start: int = 0  # fact curriculum: train on questions with <= this many facts at step 0 (0 = off)
-    facts_cap_every: int = 100  # ... and one more fact allowed every this many steps
     vocab_size: int = 2048  # tokenizer size: task words + most frequent haystack words
     haystack: list = field(default_factory=list)  # text files; empty = procedural haystack
     babi_dir: str | None = None  # original bAbI files for held-out evaluation (else generated held-out)
@@ -117,30 +114,14 @@ class TaskData:
             self.train.append(BabilongTask(n, pool, tokenizer, self.haystack))
             self.heldout.append(BabilongTask(n, held, tokenizer, self.haystack))
 
-    def batch(self, tasks, length: int, n: int, seed: int, facts_cap: int = 0, inline: float = 0.0):
-        """n samples of `length` tokens (0 = facts only, left-padded) -> tokens [n, L], targets [n, L].
-        facts_cap > 0 keeps questions with at most that many facts; inline > 0 also asks earlier questions
-        of the same story right where the original bAbI file asks them, with their answers as targets."""
-        from .tasks.babilong import make_sample
-
+    def batch(self, tasks, length: int, n: int, seed: int):
+        """n samples of `length` tokens (0 = facts only, left-padded) -> tokens [n, L], targets [n, L]."""
         rng = random.Random(seed)
         seqs, tgts = [], []
-        qmark = self.tokenizer.token_id("?")
         for i in range(n):
             task = tasks[rng.randrange(len(tasks))]
-            if facts_cap or inline:
-                q = self._pick(task, facts_cap, rng)
-                if inline:
-                    q = self._with_inline(task, q, inline, rng)
-                s = self._make(make_sample, task, q, length, rng.randrange(2**31))
-            else:
-                s = self._sample(task, length, rng.randrange(2**31))
+            s = self._sample(task, length, rng.randrange(2**31))
             toks, tg = list(s.tokens), [-100] * len(s.tokens)
-            if inline:
-                for a, b in s.fact_spans:  # inline answers follow their '?'
-                    for j in range(a, b - 1):
-                        if toks[j] == qmark:
-                            tg[j] = toks[j + 1]
             tg[s.answer_pos] = s.answer
             seqs.append(toks)
             tgts.append(tg)
@@ -151,42 +132,6 @@ class TaskData:
             x[i, L - len(t) :] = torch.tensor(t)
             y[i, L - len(g) :] = torch.tensor(g)
         return x, y
-
-    def _pick(self, task, facts_cap, rng):
-        qs = task.questions
-        for _ in range(100):
-            q = qs[rng.randrange(len(qs))]
-            if not facts_cap or len(q.facts) <= facts_cap:
-                return q
-        return min((qs[rng.randrange(len(qs))] for _ in range(100)), key=lambda q: len(q.facts))
-
-    def _with_inline(self, task, q, inline, rng):
-        """The question with earlier questions of its story (same fact prefix) asked inline after their facts."""
-        from .tasks.babi import Question
-
-        facts = list(q.facts)
-        for e in self._earlier(task, q):
-            if rng.random() < inline:
-                k = len(e.facts) - 1
-                facts[k] = f"{facts[k]} {e.question} {e.answer}"
-        return Question(tuple(facts), q.question, q.answer, q.supporting, q.task)
-
-    def _earlier(self, task, q):
-        if not hasattr(task, "_prefix"):  # index: question -> earlier questions sharing its fact prefix
-            task._prefix, prev = {}, []
-            for x in task.questions:
-                prev = [p for p in prev if x.facts[: len(p.facts)] == p.facts and len(p.facts) < len(x.facts)]
-                task._prefix[id(x)] = list(prev)
-                prev.append(x)
-        return task._prefix.get(id(q), [])
-
-    def _make(self, make_sample, task, q, length, seed):
-        if length > 0:
-            try:
-                return make_sample(q, length, task.tokenizer, task.haystack, np.random.default_rng([seed, 1]))
-            except ValueError:
-                pass
-        return make_sample(q, 0, task.tokenizer, None, np.random.default_rng([seed, 1]))
 
     def _sample(self, task, length, seed):
         from .tasks.babilong import make_sample
@@ -272,8 +217,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         t0 = time.time()
         rng = random.Random(cfg.seed * 7919 + step)
         length = length_for(cfg, step, rng)
-        cap = cfg.facts_cap_start + step // max(cfg.facts_cap_every, 1) if cfg.facts_cap_start else 0
-        x, y = data.batch(data.train, length, cfg.batch_size, rng.randrange(2**31), cap, cfg.inline_questions)
+        x, y = data.batch(data.train, length, cfg.batch_size, rng.randrange(2**31))
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         loss, acc, _ = unroll(model, x, y, cfg.bptt_depth, lm_weight=cfg.lm_weight)
@@ -295,7 +239,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             cur = int(cfg.lengths[min(step // max(cfg.stage_steps, 1), len(cfg.lengths) - 1)])
             acc_h = evaluate_heldout(model, data, cur, cfg.eval_samples)
             history["eval"].append({"step": done, "length": cur, "heldout_acc": round(acc_h, 4), "seconds": round(seconds, 1)})
-            log(f"step {done}: held-out accuracy {acc_h:.3f} at length {cur} ({seconds:.0f}s of training)")
+            (bar.write if progress else log)(f"step {done}: held-out accuracy {acc_h:.3f} at length {cur} ({seconds:.0f}s of training)")
         if done % cfg.ckpt_every == 0 or done == cfg.steps or done == until:
             checkpoint(done)
         if done == until:

@@ -25,6 +25,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+def masked_distance(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Float [T, S] query-key distances with +inf where the query may not attend (for the recency bias)."""
+    dist = (q_pos[:, None] - k_pos[None, :]).float()
+    return dist.masked_fill(~attention_mask(q_pos, k_pos, window), float("inf"))
+
+
 def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
     """Boolean [T, S] mask, True where query at q_pos may attend key at k_pos (causal, within window)."""
     diff = q_pos[:, None] - k_pos[None, :]
@@ -34,24 +40,36 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None)
     return mask
 
 
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's geometric slopes 2^(-8 h / H), h = 1..H (Press et al., 2021)."""
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / n_heads) for h in range(n_heads)])
+
+
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, rope_base: float = 10000.0):
+    def __init__(self, d_model: int, n_heads: int, rope_base: float = 10000.0, recency: bool = False):
         super().__init__()
         assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
         self.n_heads, self.head_dim, self.rope_base = n_heads, d_model // n_heads, rope_base
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.proj = nn.Linear(d_model, d_model, bias=False)
+        # learned per-head recency bias -slope_h * distance, initialised at ALiBi's slopes
+        self.recency = nn.Parameter(alibi_slopes(n_heads).log()) if recency else None
 
-    def forward(self, x, rope, cache=None, mask=None):
+    def forward(self, x, rope, cache=None, mask=None, dist=None):
         """x: [B, T, D]; rope: (cos, sin) for the T new positions or None; cache: (k, v) [B, H, S, K] of
-        past keys (already rotated) or None; mask: bool [T, S+T] or None for plain causal.
+        past keys (already rotated) or None; mask: bool [T, S+T] or None for plain causal; dist: float
+        [T, S+T] query-key distances, +inf where masked (used instead of mask with the recency bias).
         Returns y [B, T, D] and the new (k, v) = cache + this segment's keys and values."""
         q, k, v = rearrange(self.qkv(x), "b t (three h k) -> three b h t k", three=3, h=self.n_heads)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None and cache[0].shape[2] > 0:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
-        if mask is None:
+        if self.recency is not None:  # dist holds +inf where attention is masked, so the bias is -inf there
+            # written out: on CPU this is ~2x faster than SDPA with a float mask (which takes its math path)
+            scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5 - self.recency.exp()[:, None, None] * dist
+            y = scores.softmax(dim=-1) @ v
+        elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -76,7 +94,8 @@ class ShortConv(nn.Module):
     def __init__(self, d_model: int, kernel: int):
         super().__init__()
         self.kernel = kernel
-        self.weight = nn.Parameter(torch.zeros(d_model, kernel))  # zero init: starts as the identity block
+        # random init (as nn.Conv1d): every token starts with a random mix of its neighbours
+        self.weight = nn.Parameter(torch.empty(d_model, kernel).uniform_(-kernel**-0.5, kernel**-0.5))
 
     def forward(self, x, tail=None):
         B, T, D = x.shape
@@ -90,18 +109,19 @@ class ShortConv(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(conv(norm(x))), then x + mlp(norm(x)). conv=0: no short conv."""
 
-    def __init__(self, d_model: int, n_heads: int, mlp_mult: int = 4, rope_base: float = 10000.0, conv: int = 0):
+    def __init__(self, d_model: int, n_heads: int, mlp_mult: int = 4, rope_base: float = 10000.0, conv: int = 0,
+                 recency: bool = False):
         super().__init__()
         self.norm1, self.norm2 = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
         self.conv = ShortConv(d_model, conv) if conv > 1 else None
-        self.attn = Attention(d_model, n_heads, rope_base)
+        self.attn = Attention(d_model, n_heads, rope_base, recency)
         self.mlp = MLP(d_model, mlp_mult)
 
-    def forward(self, x, rope, cache=None, mask=None, conv_tail=None):
+    def forward(self, x, rope, cache=None, mask=None, conv_tail=None, dist=None):
         h = self.norm1(x)
         if self.conv is not None:
             h, conv_tail = self.conv(h, conv_tail)
-        a, kv = self.attn(h, rope, cache, mask)
+        a, kv = self.attn(h, rope, cache, mask, dist)
         x = x + a
         return x + self.mlp(self.norm2(x)), kv, conv_tail
 
@@ -109,7 +129,7 @@ class Block(nn.Module):
 def init_weights(module: nn.Module, n_layers: int, std: float = 0.02):
     """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers)."""
     for name, p in module.named_parameters():
-        if p.dim() < 2 or name.endswith("conv.weight"):
+        if p.dim() < 2 or name.endswith("conv.weight") or name.endswith("recency"):
             continue
         scale = 1 / math.sqrt(2 * n_layers) if name.endswith("proj.weight") else 1.0
         nn.init.normal_(p, mean=0.0, std=std * scale)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .base import ModelOutput, SequenceModel
-from .blocks import Block, init_weights, rotary_tables
+from .blocks import Block, init_weights, masked_distance, rotary_tables
 
 
 @dataclass
@@ -24,6 +24,7 @@ class RMTConfig:
     mlp_mult: int = 4  # MLP hidden = mlp_mult * d_model
     num_mem: int = 16  # M memory vectors (the whole state)
     conv: int = 0  # short causal depthwise conv kernel before attention, within a segment (0 = none)
+    recency: bool = False  # learned per-head recency bias on attention scores (ALiBi-initialised)
     segment_len: int = 128  # tokens per segment (positions restart in every segment)
     rope_base: float = 10000.0  # rotary base
     kind: str = field(default="rmt")  # registry name, saved in config.json
@@ -42,11 +43,22 @@ class RMT(SequenceModel):
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.mem_init = nn.Parameter(torch.randn(c.num_mem, c.d_model) * 0.02)
-        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base, c.conv) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base, c.conv, c.recency) for _ in range(c.n_layers))
         self.norm = nn.RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight  # tied
         init_weights(self, c.n_layers)
+        self._pos_cache: dict = {}
+
+    def _positions(self, n: int, device):
+        """Rotary tables and masked distances for one [M+T+M] segment; positions restart every segment,
+        so they are computed once per length and reused."""
+        key = (n, str(device))
+        if key not in self._pos_cache:
+            pos = torch.arange(n, device=device)
+            rope = rotary_tables(pos, self.config.d_model // self.config.n_heads, self.config.rope_base)
+            self._pos_cache[key] = (rope, masked_distance(pos, pos, None) if self.config.recency else None)
+        return self._pos_cache[key]
 
     def init_state(self, batch_size: int, device=None) -> MemoryState:
         return MemoryState(self.mem_init.to(device).unsqueeze(0).expand(batch_size, -1, -1))
@@ -57,9 +69,9 @@ class RMT(SequenceModel):
         M = self.config.num_mem
         mem = (state if state is not None else self.init_state(B, tokens.device)).memory
         x = torch.cat((mem, self.embed(tokens), mem), dim=1)  # [B, M+T+M, D]
-        rope = rotary_tables(torch.arange(x.shape[1], device=x.device), self.config.d_model // self.config.n_heads, self.config.rope_base)
+        rope, dist = self._positions(x.shape[1], x.device)
         for block in self.blocks:
-            x, _, _ = block(x, rope)
+            x, _, _ = block(x, rope, dist=dist)
         h = self.norm(x)
         out_h, new_mem = h[:, M : M + T], h[:, M + T :]
         return ModelOutput(self.lm_head(out_h) if return_logits else None, MemoryState(new_mem), out_h)

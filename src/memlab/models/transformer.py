@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .base import ModelOutput, SequenceModel
-from .blocks import Block, attention_mask, init_weights, rotary_tables
+from .blocks import Block, attention_mask, init_weights, masked_distance, rotary_tables
 
 
 @dataclass
@@ -20,6 +20,7 @@ class TransformerConfig:
     mlp_mult: int = 4  # MLP hidden = mlp_mult * d_model
     window: int | None = None  # None: full attention (KV cache grows); W: keep only the last W keys/values
     conv: int = 0  # short causal depthwise conv kernel before attention (0 = none)
+    recency: bool = False  # learned per-head recency bias on attention scores (ALiBi-initialised)
     rope_base: float = 10000.0  # rotary base
     segment_len: int = 512  # tokens per segment when streamed by the runner
     kind: str = field(default="transformer")  # registry name, saved in config.json
@@ -40,7 +41,7 @@ class Transformer(SequenceModel):
             raise ValueError(f"window must be >= 1 or None (full attention), got {config.window}")
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base, c.conv) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base, c.conv, c.recency) for _ in range(c.n_layers))
         self.norm = nn.RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight  # tied
@@ -62,10 +63,11 @@ class Transformer(SequenceModel):
         rope = rotary_tables(q_pos, self.config.d_model // self.config.n_heads, self.config.rope_base)
         plain_causal = S == 0 and (self.config.window is None or self.config.window >= T)
         mask = None if plain_causal else attention_mask(q_pos, k_pos, self.config.window)
+        dist = masked_distance(q_pos, k_pos, self.config.window) if self.config.recency else None
         x = self.embed(tokens)
         keys, values, convs = [], [], []
         for i, block in enumerate(self.blocks):
-            x, (k, v), tail = block(x, rope, (state.keys[i], state.values[i]), mask, state.conv[i] if state.conv else None)
+            x, (k, v), tail = block(x, rope, (state.keys[i], state.values[i]), mask, state.conv[i] if state.conv else None, dist)
             convs.append(tail)
             if self.config.window is not None:
                 k, v = k[:, :, -self.config.window :], v[:, :, -self.config.window :]

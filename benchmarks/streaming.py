@@ -1,0 +1,66 @@
+"""Streaming cost against length: RMT's tokens/s and peak memory at 100k-1M+ tokens (flat state), and
+full attention's time per token and KV-cache bytes until it becomes impractical.
+
+    python benchmarks/streaming.py                     # -> benchmarks/results/streaming.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+
+from memlab.checkpoint import load_checkpoint  # noqa: E402
+from memlab.evaluate import _peak_rss, _reset_peak_rss  # noqa: E402
+from memlab.models.base import state_nbytes  # noqa: E402
+from memlab.stream import stream  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(model, length: int, batch: int, vocab: int) -> dict:
+    tokens = np.random.default_rng(0).integers(3, vocab, size=(batch, length))
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    res = stream(model, tokens, [length - 1])
+    secs = time.perf_counter() - t0
+    return {"length": length, "batch": batch, "seconds": round(secs, 3), "tokens_per_s": round(batch * length / secs),
+            "seconds_per_token": secs / (batch * length), "state_bytes_per_sample": state_nbytes(res.state) // batch,
+            "peak_rss_bytes": _peak_rss()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rmt", default=str(ROOT / "checkpoints" / "rmt-qa1"))
+    p.add_argument("--transformer", default=str(ROOT / "checkpoints" / "transformer-qa1"))
+    p.add_argument("--rmt-lengths", default="10000,100000,1000000")
+    p.add_argument("--attn-lengths", default="1000,2000,4000,8000,16000,32000")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = {"rmt": [], "transformer": []}
+    rmt, tok, _ = load_checkpoint(a.rmt)
+    rmt.eval()
+    for L in [int(x) for x in a.rmt_lengths.split(",")]:
+        for b in (1, 8):
+            r = measure(rmt, L, b, len(tok))
+            out["rmt"].append(r)
+            print("rmt", r, flush=True)
+    tf, tok, _ = load_checkpoint(a.transformer)
+    tf.eval()
+    for L in [int(x) for x in a.attn_lengths.split(",")]:
+        r = measure(tf, L, 1, len(tok))
+        out["transformer"].append(r)
+        print("transformer", r, flush=True)
+    out["rmt_config"], out["transformer_config"] = vars(rmt.config), vars(tf.config)
+    print(write_result("streaming", out))
+
+
+if __name__ == "__main__":
+    main()
