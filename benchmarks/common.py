@@ -4,24 +4,18 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform()}
+    from memlab.demo import machine_info
+
+    return machine_info()
 
 
 def write_result(name: str, payload: dict) -> Path:

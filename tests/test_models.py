@@ -149,3 +149,18 @@ def test_recency_bias_streaming_equals_full_forward(window):
     r = build_model(make_config("rmt", recency=True, conv=3, num_mem=2, segment_len=8, **TINY)).eval()
     with torch.no_grad():
         assert torch.isfinite(stream(r, x, [32]).logits).all()
+
+
+@pytest.mark.parametrize("kind", ["rmt", "transformer"])
+def test_recency_and_conv_gradients_are_finite(kind):
+    torch.manual_seed(0)
+    kw = dict(num_mem=2, memory_always_near=True) if kind == "rmt" else dict(window=5)
+    m = build_model(make_config(kind, recency=True, conv=4, segment_len=8, **kw, **TINY))
+    x = torch.randint(3, 61, (2, 24))
+    y = torch.full_like(x, -100)
+    y[:, -1] = 7
+    loss, _, _ = unroll(m, x, y)
+    loss.backward()
+    grads = [p.grad for p in m.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    assert all(blk.attn.recency.grad.abs().sum() > 0 for blk in m.blocks)

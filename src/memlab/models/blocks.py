@@ -25,10 +25,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-def masked_distance(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Float [T, S] query-key distances with +inf where the query may not attend (for the recency bias)."""
-    dist = (q_pos[:, None] - k_pos[None, :]).float()
-    return dist.masked_fill(~attention_mask(q_pos, k_pos, window), float("inf"))
+def masked_distance(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None):
+    """For the recency bias: float [T, S] query-key distances (0 where masked) and an additive mask
+    [T, S] (0 where the query may attend, -inf elsewhere). Kept apart so that no inf meets a gradient."""
+    keep = attention_mask(q_pos, k_pos, window)
+    dist = (q_pos[:, None] - k_pos[None, :]).float().masked_fill(~keep, 0.0)
+    return dist, torch.zeros(keep.shape).masked_fill(~keep, float("-inf")).to(dist.device)
 
 
 def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -57,17 +59,18 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, cache=None, mask=None, dist=None):
         """x: [B, T, D]; rope: (cos, sin) for the T new positions or None; cache: (k, v) [B, H, S, K] of
-        past keys (already rotated) or None; mask: bool [T, S+T] or None for plain causal; dist: float
-        [T, S+T] query-key distances, +inf where masked (used instead of mask with the recency bias).
+        past keys (already rotated) or None; mask: bool [T, S+T] or None for plain causal; dist: with the
+        recency bias, (distances, additive mask) [T, S+T] from masked_distance, used instead of mask.
         Returns y [B, T, D] and the new (k, v) = cache + this segment's keys and values."""
         q, k, v = rearrange(self.qkv(x), "b t (three h k) -> three b h t k", three=3, h=self.n_heads)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None and cache[0].shape[2] > 0:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
-        if self.recency is not None:  # dist holds +inf where attention is masked, so the bias is -inf there
+        if self.recency is not None:  # dist = (distances, additive -inf mask) from masked_distance
             # written out: on CPU this is ~2x faster than SDPA with a float mask (which takes its math path)
-            scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5 - self.recency.exp()[:, None, None] * dist
+            d, neg = dist
+            scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5 - self.recency.exp()[:, None, None] * d + neg
             y = scores.softmax(dim=-1) @ v
         elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)

@@ -25,6 +25,7 @@ class RMTConfig:
     num_mem: int = 16  # M memory vectors (the whole state)
     conv: int = 0  # short causal depthwise conv kernel before attention, within a segment (0 = none)
     recency: bool = False  # learned per-head recency bias on attention scores (ALiBi-initialised)
+    memory_always_near: bool = False  # with recency: read-memory keys get distance 0 (memory is never "far back")
     segment_len: int = 128  # tokens per segment (positions restart in every segment)
     rope_base: float = 10000.0  # rotary base
     kind: str = field(default="rmt")  # registry name, saved in config.json
@@ -57,7 +58,10 @@ class RMT(SequenceModel):
         if key not in self._pos_cache:
             pos = torch.arange(n, device=device)
             rope = rotary_tables(pos, self.config.d_model // self.config.n_heads, self.config.rope_base)
-            self._pos_cache[key] = (rope, masked_distance(pos, pos, None) if self.config.recency else None)
+            dist = masked_distance(pos, pos, None) if self.config.recency else None
+            if dist is not None and self.config.memory_always_near:
+                dist[0][:, : self.config.num_mem] = 0.0
+            self._pos_cache[key] = (rope, dist)
         return self._pos_cache[key]
 
     def init_state(self, batch_size: int, device=None) -> MemoryState:
