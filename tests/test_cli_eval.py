@@ -235,7 +235,7 @@ def test_preflight_refuses_over_the_time_budget_and_force_runs(ckpts, book, tmp_
 
 
 def test_preflight_refuses_a_kv_cache_larger_than_memory(ckpts, book, tmp_path, monkeypatch):
-    monkeypatch.setattr(memlab.evaluate, "mem_available_bytes", lambda: 1000)
+    monkeypatch.setattr(memlab.evaluate, "mem_available_bytes", lambda: 200_000)  # holds RMT's segment scores, not the KV cache
     store = tmp_path / "r.sqlite"
     code, out, err = run(*eval_args(ckpts["transformer"], store, book, lengths="400"))
     assert code == 0, err

@@ -164,3 +164,19 @@ def test_recency_and_conv_gradients_are_finite(kind):
     grads = [p.grad for p in m.parameters() if p.grad is not None]
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
     assert all(blk.attn.recency.grad.abs().sum() > 0 for blk in m.blocks)
+
+
+def test_rmt_gated_memory_can_keep_its_state():
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", num_mem=4, segment_len=8, mem_gate=True, **TINY)).eval()
+    with torch.no_grad():
+        m.gate.weight.zero_()
+        m.gate.bias.fill_(-30.0)  # gate closed: the memory must pass through unchanged
+        state = m.init_state(2)
+        out = m(torch.randint(0, 61, (2, 8)), state)
+        assert torch.allclose(out.state.memory, state.memory, atol=1e-6)
+        m.gate.bias.fill_(30.0)  # gate open: plain RMT write
+        plain = build_model(make_config("rmt", num_mem=4, segment_len=8, **TINY)).eval()
+        plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("gate")})
+        x = torch.randint(0, 61, (2, 8))
+        assert torch.allclose(m(x, state).state.memory, plain(x, state).state.memory, atol=1e-5)

@@ -25,7 +25,7 @@ def cmd_train(a):
 
     cfg = load_recipe(a.recipe) if a.recipe else TrainConfig()
     over = {k: v for k, v in {"model": a.model, "task": a.task, "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
-                              "bptt_depth": a.bptt_depth, "seed": a.seed, "babi_dir": a.babi_dir}.items() if v is not None}
+                              "bptt_depth": a.bptt_depth, "seed": a.seed, "babi_dir": a.babi_dir, "threads": a.threads}.items() if v is not None}
     if a.lengths:
         from .tasks.babilong import parse_lengths
         over["lengths"] = [0 if x.strip() == "0" else parse_lengths(x)[0] for x in a.lengths.split(",")]
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--bptt-depth", type=int, help="truncate backprop to this many segments (default: full)")
     t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch threads (0 = default); may differ on --resume")
     t.add_argument("--haystack", nargs="+", metavar="FILE", help="haystack text files (default: procedural text)")
     t.add_argument("--babi-dir", help="original bAbI files for held-out evaluation")
     t.add_argument("--out", help="checkpoint directory (default runs/<model>-<task>)")

@@ -60,14 +60,19 @@ def estimate_cost(model, length: int, batch: int) -> dict:
     d, layers = c.d_model, getattr(c, "n_layers", 1)
     dense = 2 * length * (model.num_params() - c.vocab_size * d)  # matmuls in the blocks
     kind = getattr(c, "kind", "")
+    seg = getattr(c, "segment_len", 512)
     if kind == "transformer":
         span = length if c.window is None else min(length, c.window)
         state = 2 * layers * span * d * 4
         attn = 4 * layers * d * (length * span - (span * span) / 2 if c.window else length * length / 2)
+        keys = span + min(seg, length)
     else:
         state = None
-        attn = 4 * layers * d * length * (2 * getattr(c, "num_mem", 0) + getattr(c, "segment_len", 512))
-    return {"state_bytes": state, "flops": batch * (dense + attn)}
+        attn = 4 * layers * d * length * (2 * getattr(c, "num_mem", 0) + seg)
+        keys = seg + 2 * getattr(c, "num_mem", 0)
+    # attention scores of one segment ([B, H, T, S] floats, x3 for softmax temporaries)
+    work = 3 * 4 * batch * getattr(c, "n_heads", 1) * min(seg, length) * keys
+    return {"state_bytes": state, "work_bytes": work, "flops": batch * (dense + attn)}
 
 
 def preflight(model, length: int, batch: int, time_budget: float, samples: int) -> dict:
@@ -77,9 +82,11 @@ def preflight(model, length: int, batch: int, time_budget: float, samples: int) 
     projected = est["flops"] / flops_s * samples / batch
     out = {"kv_bytes": est["state_bytes"], "projected_seconds": round(projected, 1),
            "projected_seconds_per_token": projected / (samples * length), "mem_available": mem_available_bytes()}
-    if est["state_bytes"] is not None and est["state_bytes"] * batch * 3 > out["mem_available"]:
-        out["reason"] = (f"KV cache of {format_bytes(est['state_bytes'] * batch)} (x3 working memory) exceeds the "
-                         f"{format_bytes(out['mem_available'])} of memory available")
+    need = (est["state_bytes"] or 0) * batch + est["work_bytes"]
+    out["work_bytes"] = est["work_bytes"]
+    if need * 2 > out["mem_available"]:
+        out["reason"] = (f"KV cache of {format_bytes((est['state_bytes'] or 0) * batch)} plus {format_bytes(est['work_bytes'])} "
+                         f"of attention scores needs more than half the {format_bytes(out['mem_available'])} of memory available")
         raise BudgetError(out["reason"], out)
     if projected > time_budget:
         out["reason"] = f"projected {projected:.3g}s exceeds the time budget of {time_budget:g}s (--time-budget)"

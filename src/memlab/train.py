@@ -178,13 +178,11 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
 
     validate(cfg)
     out_dir = Path(out_dir)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     state = None
     if resume and (out_dir / "trainer_state.pt").is_file():
         model, tokenizer, state = load_checkpoint(out_dir, with_trainer_state=True)
-        saved = train_config_from_dict(state["train_config"])
+        saved = train_config_from_dict({**state["train_config"], "threads": cfg.threads})  # threads: this machine's
         if dataclasses.asdict(saved) != dataclasses.asdict(cfg):
             log(f"resume: using the training config saved in {out_dir} (the given one differs)")
             cfg = saved
@@ -194,6 +192,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             log(f"resume: no checkpoint in {out_dir}; starting from scratch")
         data = TaskData(cfg)
         model = build_model(make_config(cfg.model, vocab_size=len(data.tokenizer), **cfg.model_args))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     history = {"step": [], "loss": [], "train_acc": [], "eval": []}
     start = 0

@@ -26,6 +26,7 @@ class RMTConfig:
     conv: int = 0  # short causal depthwise conv kernel before attention, within a segment (0 = none)
     recency: bool = False  # learned per-head recency bias on attention scores (ALiBi-initialised)
     memory_always_near: bool = False  # with recency: read-memory keys get distance 0 (memory is never "far back")
+    mem_gate: bool = False  # gated write: mem <- mem + g * (write - mem), g = sigmoid(W write); False = plain RMT
     segment_len: int = 128  # tokens per segment (positions restart in every segment)
     rope_base: float = 10000.0  # rotary base
     kind: str = field(default="rmt")  # registry name, saved in config.json
@@ -48,6 +49,7 @@ class RMT(SequenceModel):
         self.norm = nn.RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight  # tied
+        self.gate = nn.Linear(c.d_model, c.d_model) if c.mem_gate else None
         init_weights(self, c.n_layers)
         self._pos_cache: dict = {}
 
@@ -78,4 +80,6 @@ class RMT(SequenceModel):
             x, _, _ = block(x, rope, dist=dist)
         h = self.norm(x)
         out_h, new_mem = h[:, M : M + T], h[:, M + T :]
+        if self.gate is not None:  # keep what the write does not replace: noise segments can leave memory as it is
+            new_mem = mem + torch.sigmoid(self.gate(new_mem)) * (new_mem - mem)
         return ModelOutput(self.lm_head(out_h) if return_logits else None, MemoryState(new_mem), out_h)
