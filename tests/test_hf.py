@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 
 from memlab.models.hf import HFRMT, HFRMTConfig, load_smollm2_tokenizer, smollm2_gguf_path  # noqa: E402
 from memlab.models.registry import build_model, config_from_dict, make_config  # noqa: E402
-from memlab.stream import stream, unroll  # noqa: E402
+from memlab.stream import segment_bounds, stream, unroll  # noqa: E402
 
 
 def tiny(**kw) -> HFRMT:
@@ -30,14 +30,14 @@ def test_config_json_round_trip_and_registry():
 
 def test_stream_equals_manual_segments_and_hidden_is_last_layer():
     model = tiny().eval()
-    x = torch.randint(0, 64, (2, 21))  # 3 segments, the last one short
+    x = torch.randint(0, 64, (2, 21))  # 3 segments, the first one short
     positions = [0, 7, 8, 15, 20]
     res = stream(model, x, positions)
     state, manual = model.init_state(2), []
     with torch.no_grad():
-        for s in range(0, 21, 8):
-            out = model(x[:, s : s + 8], state)
-            assert out.logits.shape == (2, min(8, 21 - s), 64)
+        for s, e in segment_bounds(21, 8):  # cut from the end: 5, 8, 8
+            out = model(x[:, s:e], state)
+            assert out.logits.shape == (2, e - s, 64)
             torch.testing.assert_close(out.logits, model.logits(out.hidden))
             manual.append(out.logits)
             state = out.state

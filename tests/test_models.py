@@ -3,15 +3,15 @@ import torch
 
 from memlab.models.base import state_nbytes
 from memlab.models.registry import build_model, known_models, make_config
-from memlab.stream import stream, unroll
+from memlab.stream import segment_bounds, stream, unroll
 
 TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=2)
 
 
 def _stream_manually(model, x, seg):
     state, outs = model.init_state(x.shape[0]), []
-    for s in range(0, x.shape[1], seg):
-        out = model(x[:, s : s + seg], state)
+    for s, e in segment_bounds(x.shape[1], seg):
+        out = model(x[:, s:e], state)
         state = out.state
         outs.append(out.logits)
     return torch.cat(outs, dim=1), state
@@ -59,6 +59,11 @@ def test_window_changes_output_versus_full():
     with torch.no_grad():
         assert torch.allclose(full(x).logits[:, :4], win(x).logits[:, :4], atol=1e-6)
         assert not torch.allclose(full(x).logits[:, -1], win(x).logits[:, -1], atol=1e-4)
+
+
+def test_segments_are_cut_from_the_end():
+    assert segment_bounds(37, 8) == [(0, 5), (5, 13), (13, 21), (21, 29), (29, 37)]
+    assert segment_bounds(16, 8) == [(0, 8), (8, 16)] and segment_bounds(3, 8) == [(0, 3)]
 
 
 def test_rmt_runner_matches_manual_loop_and_state_is_fixed_size():

@@ -76,8 +76,12 @@ def estimate_cost(model, length: int, batch: int) -> dict:
 
 
 def preflight(model, length: int, batch: int, time_budget: float, samples: int) -> dict:
-    """Refuse an attention cell whose KV cache does not fit in memory or whose projected time exceeds the budget."""
+    """Refuse an attention cell whose KV cache does not fit in memory or whose projected time exceeds the budget.
+    Models with a fixed-size state (recurrent memory, sliding window) cost linear time and flat memory: they
+    are never refused, whatever the length."""
     est = estimate_cost(model, length, batch)
+    if est["state_bytes"] is None or getattr(model.config, "window", None) is not None:
+        return {"kv_bytes": est["state_bytes"], "work_bytes": est["work_bytes"]}
     flops_s = measured_flops() * 0.3  # streaming reaches a fraction of the matmul peak
     projected = est["flops"] / flops_s * samples / batch
     out = {"kv_bytes": est["state_bytes"], "projected_seconds": round(projected, 1),
