@@ -5,7 +5,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # src/memlab/cli.py -> the project root
@@ -103,7 +102,7 @@ def cmd_babi(a):
 
 
 def cmd_models(a):
-    from .models.registry import known_models, model_classes
+    from .models.registry import known_models
 
     for name in known_models():
         print(name)

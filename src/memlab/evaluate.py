@@ -3,7 +3,6 @@ through the one runner, with a budget preflight for attention, results in a SQLi
 finished cells; an interrupted sweep resumes)."""
 from __future__ import annotations
 
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -225,7 +224,3 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
 
 def model_name(checkpoint_dir) -> str:
     return Path(checkpoint_dir).resolve().name
-
-
-def threads_default():
-    return int(os.environ.get("MEMLAB_THREADS", "0")) or None

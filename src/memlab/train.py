@@ -3,7 +3,6 @@ training, atomic checkpoints every `ckpt_every` steps, and exact resume (data is
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import time
@@ -245,10 +244,3 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         if done == until:
             break
     return history
-
-
-def config_json(cfg: TrainConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=2)
-
-
-__all__ = ["TrainConfig", "train", "load_recipe", "train_config_from_dict", "TaskData", "np"]
