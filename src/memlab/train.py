@@ -106,7 +106,7 @@ class TaskData:
         self.tokenizer = tokenizer
         self.haystack = TokenizedHaystack(tokenizer, source)
         self.train, self.heldout = [], []
-        for i, n in enumerate(self.tasks):
+        for n in self.tasks:
             kw = {"max_facts": cfg.max_facts} if cfg.max_facts else {}
             pool = generate_babi(n, cfg.train_pool // len(self.tasks), seed=cfg.seed * 1000 + n, **kw)
             held = read_babi_dir(cfg.babi_dir, n) if cfg.babi_dir else generate_babi(n, 2000, seed=10**6 + n)
