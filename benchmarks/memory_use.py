@@ -41,7 +41,10 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "rmt-qa1"))
     p.add_argument("--lengths", default="1024,4096")
     p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--name", default="memory_use", help="result file name under benchmarks/results/")
+    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
     model, tok, _ = load_checkpoint(a.checkpoint)
     model.eval()
     hay = TokenizedHaystack(tok, load_haystack(sorted(str(f) for f in (DATA / "books").glob("*.txt"))))
@@ -62,7 +65,7 @@ def main(argv=None):
                        "samples": n, "accuracy": round(c / max(n, 1), 3), "ci": [round(lo, 3), round(hi, 3)]}
                 rows.append(row)
                 print(row, flush=True)
-    print(write_result("memory_use", {"checkpoint": Path(a.checkpoint).name, "rows": rows}))
+    print(write_result(a.name, {"checkpoint": Path(a.checkpoint).name, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""Streaming cost against length: RMT's tokens/s and peak memory at 100k-1M+ tokens (flat state), and
+"""Streaming cost against length: RMT's tokens/s and peak memory at 10k-1M tokens (flat state), and
 full attention's time per token and KV-cache bytes until it becomes impractical.
 
-    python benchmarks/streaming.py                     # -> benchmarks/results/streaming.json
+RMT is measured at each `--rmt-segments` length (positions restart every segment, so a model trained on
+128-token segments runs on longer ones; `memory_use.py`/the demo report its accuracy there), eager and,
+with `--compile`, under torch.compile (compile time reported apart; it is paid once per process).
+
+    python benchmarks/streaming.py --compile          # -> benchmarks/results/streaming.json
 """
 from __future__ import annotations
 
@@ -24,13 +28,14 @@ from memlab.stream import stream  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(model, length: int, batch: int, vocab: int) -> dict:
+def measure(model, length: int, batch: int, vocab: int, segment_len: int | None = None) -> dict:
     tokens = np.random.default_rng(0).integers(3, vocab, size=(batch, length))
     _reset_peak_rss()
     t0 = time.perf_counter()
-    res = stream(model, tokens, [length - 1])
+    res = stream(model, tokens, [length - 1], segment_len=segment_len)
     secs = time.perf_counter() - t0
-    return {"length": length, "batch": batch, "seconds": round(secs, 3), "tokens_per_s": round(batch * length / secs),
+    return {"length": length, "batch": batch, "segment_len": segment_len or model.config.segment_len,
+            "seconds": round(secs, 3), "tokens_per_s": round(batch * length / secs),
             "seconds_per_token": secs / (batch * length), "state_bytes_per_sample": state_nbytes(res.state) // batch,
             "peak_rss_bytes": _peak_rss()}
 
@@ -41,17 +46,30 @@ def main(argv=None):
     p.add_argument("--transformer", default=str(ROOT / "checkpoints" / "transformer-qa1"))
     p.add_argument("--rmt-lengths", default="10000,100000,1000000")
     p.add_argument("--attn-lengths", default="1000,2000,4000,8000,16000")
+    p.add_argument("--rmt-segments", default="128,512", help="segment lengths to stream RMT with")
+    p.add_argument("--compile", action="store_true", help="also measure RMT under torch.compile")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # as the memlab CLI does
     out = {"rmt": [], "transformer": []}
     rmt, tok, _ = load_checkpoint(a.rmt)
     rmt.eval()
-    for L in [int(x) for x in a.rmt_lengths.split(",")]:
-        for b in (1, 8) if L <= 100_000 else (1,):  # batch 8 at 1M would take minutes; batch 1 is the target
-            r = measure(rmt, L, b, len(tok))
-            out["rmt"].append(r)
-            print("rmt", r, flush=True)
+    for mode in ("eager", "compiled") if a.compile else ("eager",):
+        model = rmt
+        if mode == "compiled":
+            model = torch.compile(rmt, dynamic=False)
+        for seg in [int(x) for x in a.rmt_segments.split(",")]:
+            for L in [int(x) for x in a.rmt_lengths.split(",")]:
+                for b in (1, 8) if L <= 100_000 else (1,):  # batch 8 at 1M would take minutes; batch 1 is the target
+                    # warm-up on the two segment shapes of this length (the first segment takes the remainder):
+                    # under torch.compile this is where compiling happens, once per shape
+                    t0 = time.perf_counter()
+                    warm = (L % seg or seg) + seg
+                    stream(model, np.ones((b, warm), dtype=np.int64), [warm - 1], segment_len=seg)
+                    r = {"mode": mode, "warmup_seconds": round(time.perf_counter() - t0, 2), **measure(model, L, b, len(tok), seg)}
+                    out["rmt"].append(r)
+                    print("rmt", r, flush=True)
     tf, tok, _ = load_checkpoint(a.transformer)
     tf.eval()
     for L in [int(x) for x in a.attn_lengths.split(",")]:

@@ -185,3 +185,43 @@ def test_rmt_gated_memory_can_keep_its_state():
         plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("gate")})
         x = torch.randint(0, 61, (2, 8))
         assert torch.allclose(m(x, state).state.memory, plain(x, state).state.memory, atol=1e-5)
+
+
+@pytest.mark.parametrize("near", [False, True])
+def test_rmt_fused_recency_equals_explicit_distances(near):
+    """RMT applies the recency bias through causal SDPA (RecencyFeatures); it must equal the written-out
+    scores - slope * distance with an explicit distance matrix (read memory at distance 0 when `near`)."""
+    from memlab.models.blocks import masked_distance
+
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", vocab_size=64, d_model=32, n_layers=2, n_heads=4, num_mem=3, segment_len=8,
+                                conv=4, recency=True, memory_always_near=near)).eval()
+    for b in m.blocks:  # spread the slopes so that the bias matters
+        b.attn.recency.data = torch.tensor([-3.0, -1.0, 0.0, 0.5])
+    x = torch.randint(0, 64, (2, 8))
+    state = m.init_state(2)
+    fused = m(x, state)
+    n = 8 + 2 * 3
+    pos = torch.arange(n)
+    dist = masked_distance(pos, pos, None)
+    if near:
+        dist[0][:, :3] = 0.0
+    m._pos_cache[(n, "cpu")] = (m._pos_cache[(n, "cpu")][0], dist)
+    explicit = m(x, state)
+    torch.testing.assert_close(fused.logits, explicit.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.state.memory, explicit.state.memory, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("recency", [False, True])
+def test_rmt_keep_computes_only_needed_rows_with_the_same_result(recency):
+    """stream() passes keep= so the last block runs only for the asked positions and the write memory; the
+    logits and the final memory must equal those of full segment forwards."""
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", vocab_size=64, d_model=32, n_layers=2, n_heads=4, num_mem=3, segment_len=8,
+                                conv=4 if recency else 0, recency=recency, memory_always_near=recency, mem_gate=recency)).eval()
+    x = torch.randint(0, 64, (2, 29))
+    with torch.no_grad():
+        manual, state = _stream_manually(m, x, 8)
+        res = stream(m, x, [0, 3, 4, 20, 28])
+    torch.testing.assert_close(res.logits, manual[:, [0, 3, 4, 20, 28]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(res.state.memory, state.memory, atol=1e-5, rtol=1e-5)

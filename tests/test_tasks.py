@@ -347,6 +347,18 @@ def test_babilong_samples_on_books(book_stack, length):
     assert bt.sample(2 * length, seed=5).meta["question_index"] == a.meta["question_index"]
 
 
+def test_babilong_facts_before_keeps_the_last_segment_free_of_facts(book_stack):
+    _, tok, hay = book_stack
+    questions = generate_babi(1, 30, seed=2)
+    bt = BabilongTask(1, questions, tok, hay)
+    for seed in range(30):
+        s = bt.sample(1024, seed, facts_before=1024 - 128)
+        check_sample(s, questions[s.meta["question_index"]], tok, 1024)
+        assert s.fact_spans[-1][1] <= 1024 - 128
+    with pytest.raises(ValueError, match="cannot all end before token"):
+        bt.sample(1024, 0, facts_before=3)
+
+
 def test_babilong_facts_sit_at_sentence_boundaries(book_stack):
     _, tok, hay = book_stack
     q = generate_babi(1, 5, seed=0)[-1]

@@ -65,3 +65,67 @@ def test_bad_configs_and_checkpoints(tmp_path):
     (ck / "config.json").write_text(json.dumps({"kind": "rmt", "d_model": 32, "n_heads": 2, "n_layers": 1}))
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(ck)
+
+
+def test_ask_all_adds_every_persons_latest_place_to_training_samples_only():
+    from memlab.tasks.babi import Question, state_questions
+    from memlab.train import TaskData
+
+    q = Question(("Mary moved to the bathroom.", "John went to the hallway.", "Mary travelled to the office."),
+                 "Where is John?", "hallway", (1,), 1)
+    assert state_questions(q) == [("Where is Mary?", "office"), ("Where is John?", "hallway")]
+    data = TaskData(tiny_cfg(ask_all=True))
+    tok = data.tokenizer
+    x, y = data.batch(data.train, 120, 8, seed=3)
+    extra = 0
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        targets = [(i, t) for i, t in enumerate(row_y) if t != -100]
+        extra += len(targets) - 1
+        words = [tok.decode([t]) for t in row_x]
+        for i, t in targets:  # each target answers the question that ends at i with that person's latest place
+            assert words[i] == "?" and words[i - 1] in {"mary", "john", "daniel", "sandra"}
+            person, facts = words[i - 1], " ".join(words[: i - 3])
+            moves = [s.split()[-1] for s in facts.split(".") if s.split() and s.split()[0] == person]
+            assert moves and moves[-1] == tok.decode([t])
+    assert extra > 0
+    _, y_held = data.batch(data.heldout, 120, 8, seed=3)
+    assert ((y_held != -100).sum(1) == 1).all()
+
+
+def test_memory_only_samples_keep_every_fact_out_of_the_question_segment():
+    from memlab.train import TaskData
+
+    data = TaskData(tiny_cfg(memory_only=1.0))  # segment_len 32
+    tok = data.tokenizer
+    people = {tok.token_id(p) for p in ("mary", "john", "daniel", "sandra")}
+    x, y = data.batch(data.train, 120, 16, seed=4, memory_only=1.0)
+    for row in x.tolist():
+        last = row[-32:]
+        assert sum(t in people for t in last) == 1  # only the asked name, in the question
+        assert any(t in people for t in row[:-32])  # the facts are all earlier
+    x, _ = data.batch(data.train, 120, 16, seed=4, memory_only=0.0)
+    assert any(sum(t in people for t in row[-32:]) > 1 for row in x.tolist())  # random placement reaches it
+
+
+def test_init_from_starts_from_a_checkpoint_and_checks_the_model(tmp_path):
+    train(tiny_cfg(steps=2, eval_every=2, ckpt_every=2), tmp_path / "a", progress=False, log=lambda m: None)
+    first, _, _ = load_checkpoint(tmp_path / "a")
+    cfg = tiny_cfg(steps=1, eval_every=1, ckpt_every=1, lr=1e-9, warmup=1, init_from=str(tmp_path / "a"))
+    train(cfg, tmp_path / "b", progress=False, log=lambda m: None)
+    second, _, _ = load_checkpoint(tmp_path / "b")
+    for (n, p), q in zip(first.named_parameters(), second.parameters()):  # lr ~0: one step barely moves it
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=n)
+    bad = tiny_cfg(init_from=str(tmp_path / "a"), model_args=dict(d_model=64, n_layers=1, n_heads=2, num_mem=2, segment_len=32))
+    with pytest.raises(ValueError, match="does not match this recipe"):
+        train(bad, tmp_path / "c", progress=False, log=lambda m: None)
+    assert not (tmp_path / "c").exists()
+
+
+def test_shipped_recipes_load_and_demo_chains_are_consistent():
+    from memlab.demo import DEMO_MODELS, REPO_ROOT
+
+    for name, recipes in DEMO_MODELS.items():
+        cfgs = [load_recipe(REPO_ROOT / "configs" / f"{r}.yaml") for r in recipes]
+        assert cfgs[0].init_from is None, f"{name}: the first stage must train from scratch"
+        for prev, cfg in zip(cfgs, cfgs[1:]):  # later stages continue the same model
+            assert cfg.init_from and (cfg.model, cfg.model_args) == (prev.model, prev.model_args)

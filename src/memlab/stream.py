@@ -46,15 +46,21 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None)
         raise ValueError(f"positions must lie in [0, {L}), got {positions[0]}..{positions[-1]}")
     state = state if state is not None else model.init_state(B, x.device)
     kept, p = [], 0
+    keep_ok = getattr(model, "accepts_keep", False)  # the model can skip the positions we do not need
     for s, e in segment_bounds(L, seg):
-        out = model(x[:, s:e], state, return_logits=False)
-        state = out.state
         idx = []
         while p < len(positions) and positions[p] < e:
             idx.append(positions[p] - s)
             p += 1
+        if keep_ok:
+            out = model(x[:, s:e], state, return_logits=False, keep=idx)
+            hidden = out.hidden
+        else:
+            out = model(x[:, s:e], state, return_logits=False)
+            hidden = out.hidden[:, idx]
+        state = out.state
         if idx:
-            kept.append(model.logits(out.hidden[:, idx]))
+            kept.append(model.logits(hidden))
     logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size)
     return StreamResult(logits.float(), state, L)
 

@@ -36,6 +36,8 @@ class TrainConfig:
     lm_weight: float = 0.0  # auxiliary next-token loss weight
     train_pool: int = 50000  # generated training questions (seed-determined)
     max_facts: int | None = None  # cap facts per generated question (None = as in bAbI)
+    ask_all: bool = False  # training samples also ask about every person of the story after the question (qa1)
+    memory_only: float = 0.0  # fraction of training samples (> 1 segment) with every fact before the question's segment
     vocab_size: int = 2048  # tokenizer size: task words + most frequent haystack words
     haystack: list = field(default_factory=list)  # text files; empty = procedural haystack
     babi_dir: str | None = None  # original bAbI files for held-out evaluation (else generated held-out)
@@ -43,6 +45,7 @@ class TrainConfig:
     eval_samples: int = 128  # held-out samples per evaluation
     ckpt_every: int = 250  # steps between checkpoints
     seed: int = 0  # everything derives from this seed
+    init_from: str | None = None  # checkpoint whose weights and tokenizer start this run (fresh optimizer and schedule)
     threads: int = 0  # torch threads (0 = leave default)
 
 
@@ -81,6 +84,7 @@ def validate(cfg: TrainConfig):
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.bptt_depth is None or cfg.bptt_depth >= 1, f"bptt_depth must be >= 1 or null, got {cfg.bptt_depth}"),
+        (0.0 <= cfg.memory_only <= 1.0, f"memory_only must be a fraction in [0, 1], got {cfg.memory_only}"),
         (len(cfg.lengths) >= 1 and all(int(x) >= 0 for x in cfg.lengths), f"lengths must be non-negative, got {cfg.lengths}"),
     ]
     for ok, msg in checks:
@@ -97,6 +101,7 @@ class TaskData:
         from .tasks.text import TokenizedHaystack, WordTokenizer, load_haystack
 
         self.cfg = cfg
+        self.segment_len = make_config(cfg.model, vocab_size=cfg.vocab_size, **cfg.model_args).segment_len
         self.tasks = [n for _, n in parse_task_spec(cfg.task)]
         source = load_haystack(cfg.haystack or None)
         words = sorted({w for n in self.tasks for w in task_words(n)})
@@ -113,15 +118,30 @@ class TaskData:
             self.train.append(BabilongTask(n, pool, tokenizer, self.haystack))
             self.heldout.append(BabilongTask(n, held, tokenizer, self.haystack))
 
-    def batch(self, tasks, length: int, n: int, seed: int):
-        """n samples of `length` tokens (0 = facts only, left-padded) -> tokens [n, L], targets [n, L]."""
+    def batch(self, tasks, length: int, n: int, seed: int, memory_only: float = 0.0):
+        """n samples of `length` tokens (0 = facts only, left-padded) -> tokens [n, L], targets [n, L].
+        With cfg.ask_all, training samples go on after their answer with the story's other state questions
+        (`state_questions`), each answer fed in after its question (teacher forcing) and predicted.
+        A `memory_only` fraction of samples longer than one segment put every fact before the question's
+        segment: their answer can only come through the recurrent state."""
+        from .tasks.babi import state_questions
+
         rng = random.Random(seed)
         seqs, tgts = [], []
         for i in range(n):
             task = tasks[rng.randrange(len(tasks))]
-            s = self._sample(task, length, rng.randrange(2**31))
+            before = length - self.segment_len if length > self.segment_len and rng.random() < memory_only else None
+            s, question = self._sample(task, length, rng.randrange(2**31), before)
             toks, tg = list(s.tokens), [-100] * len(s.tokens)
             tg[s.answer_pos] = s.answer
+            if self.cfg.ask_all and tasks is self.train:
+                extra = [qa for qa in state_questions(question) if qa[0] != question.question]
+                rng.shuffle(extra)
+                answer = s.answer
+                for q, a in extra:
+                    toks += [answer] + self.tokenizer.encode(q)
+                    answer = self.tokenizer.token_id(a)
+                    tg += [-100] * (len(toks) - len(tg) - 1) + [answer]
             seqs.append(toks)
             tgts.append(tg)
         L = max(map(len, seqs))
@@ -132,16 +152,17 @@ class TaskData:
             y[i, L - len(g) :] = torch.tensor(g)
         return x, y
 
-    def _sample(self, task, length, seed):
+    def _sample(self, task, length, seed, facts_before=None):
         from .tasks.babilong import make_sample
 
+        qi = int(np.random.default_rng([seed, 0]).integers(len(task.questions)))  # as task.sample picks it
         if length > 0:
-            try:
-                return task.sample(length, seed)
-            except ValueError:  # shorter than this question's facts: fall back to facts only
-                pass
-        qi = int(np.random.default_rng([seed, 0]).integers(len(task.questions)))
-        return make_sample(task.questions[qi], 0, task.tokenizer, None, np.random.default_rng([seed, 1]))
+            for before in (facts_before, None):
+                try:
+                    return task.sample(length, seed, before), task.questions[qi]
+                except ValueError:  # facts do not fit before `before` / in `length`: relax, then facts only
+                    pass
+        return make_sample(task.questions[qi], 0, task.tokenizer, None, np.random.default_rng([seed, 1])), task.questions[qi]
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -158,11 +179,13 @@ def length_for(cfg: TrainConfig, step: int, rng: random.Random) -> int:
 
 
 @torch.no_grad()
-def evaluate_heldout(model, data: TaskData, length: int, n: int, seed: int = 12345, batch: int = 32) -> float:
+def evaluate_heldout(model, data: TaskData, length: int, n: int, seed: int = 12345, batch: int = 32,
+                     memory_only: bool = False) -> float:
+    """Held-out accuracy at `length`; memory_only: every fact before the question's segment."""
     model.eval()
     correct = total = 0
     for b in range(0, n, batch):
-        x, y = data.batch(data.heldout, length, min(batch, n - b), seed + b)
+        x, y = data.batch(data.heldout, length, min(batch, n - b), seed + b, memory_only=float(memory_only))
         _, acc, cnt = unroll(model, x, y)
         correct += acc * cnt
         total += cnt
@@ -189,8 +212,17 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     else:
         if resume:
             log(f"resume: no checkpoint in {out_dir}; starting from scratch")
-        data = TaskData(cfg)
-        model = build_model(make_config(cfg.model, vocab_size=len(data.tokenizer), **cfg.model_args))
+        if cfg.init_from:
+            model, tokenizer, _ = load_checkpoint(cfg.init_from)
+            want = make_config(cfg.model, vocab_size=model.config.vocab_size, **cfg.model_args)
+            if tokenizer is None or dataclasses.asdict(want) != dataclasses.asdict(model.config):
+                diff = {k: (v, getattr(model.config, k)) for k, v in dataclasses.asdict(want).items() if getattr(model.config, k, None) != v}
+                raise ValueError(f"init_from {cfg.init_from}: its model does not match this recipe (field: (recipe, checkpoint) {diff}"
+                                 f"{', no tokenizer' if tokenizer is None else ''}); make model/model_args equal to its config.json")
+            data = TaskData(cfg, tokenizer)
+        else:
+            data = TaskData(cfg)
+            model = build_model(make_config(cfg.model, vocab_size=len(data.tokenizer), **cfg.model_args))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -216,7 +248,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         t0 = time.time()
         rng = random.Random(cfg.seed * 7919 + step)
         length = length_for(cfg, step, rng)
-        x, y = data.batch(data.train, length, cfg.batch_size, rng.randrange(2**31))
+        x, y = data.batch(data.train, length, cfg.batch_size, rng.randrange(2**31), cfg.memory_only)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         loss, acc, _ = unroll(model, x, y, cfg.bptt_depth, lm_weight=cfg.lm_weight)
@@ -237,8 +269,13 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         if done % cfg.eval_every == 0 or done == cfg.steps:
             cur = int(cfg.lengths[min(step // max(cfg.stage_steps, 1), len(cfg.lengths) - 1)])
             acc_h = evaluate_heldout(model, data, cur, cfg.eval_samples)
-            history["eval"].append({"step": done, "length": cur, "heldout_acc": round(acc_h, 4), "seconds": round(seconds, 1)})
-            (bar.write if progress else log)(f"step {done}: held-out accuracy {acc_h:.3f} at length {cur} ({seconds:.0f}s of training)")
+            row = {"step": done, "length": cur, "heldout_acc": round(acc_h, 4), "seconds": round(seconds, 1)}
+            msg = f"step {done}: held-out accuracy {acc_h:.3f} at length {cur}"
+            if cur > data.segment_len:  # also with every fact before the question's segment: the memory alone
+                row["heldout_memory_only_acc"] = round(evaluate_heldout(model, data, cur, cfg.eval_samples, memory_only=True), 4)
+                msg += f", {row['heldout_memory_only_acc']:.3f} with every fact before the question's segment"
+            history["eval"].append(row)
+            (bar.write if progress else log)(f"{msg} ({seconds:.0f}s of training)")
         if done % cfg.ckpt_every == 0 or done == cfg.steps or done == until:
             checkpoint(done)
         if done == until:

@@ -5,6 +5,7 @@ Legend: B batch, T segment length, S cached keys, H heads, K head dim, D model d
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,26 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None)
     return mask
 
 
+class RecencyFeatures(NamedTuple):
+    """The recency bias -slope * (i - j) as a dot product of position features, so that causal SDPA (flash,
+    no [T, S] score matrix) can apply it: softmax ignores the per-query term -slope * i, leaving
+    slope * query[i] . key[j]. Plain keys: query [1, 0], key [j, 0] -> slope * j. Keys that are always
+    near (distance 0, like RMT's read memory): key [0, 1], query [., i] -> slope * i, i.e. distance 0.
+    Only for a causal square segment (no cache): T == S."""
+
+    query: torch.Tensor  # [T, 2]
+    key: torch.Tensor  # [S, 2]
+
+    @staticmethod
+    def make(n: int, near: int = 0, device=None) -> "RecencyFeatures":
+        """n positions 0..n-1 of one segment; the first `near` keys are always at distance 0."""
+        pos = torch.arange(n, dtype=torch.float32, device=device)
+        query = torch.stack((torch.ones_like(pos), pos), -1)
+        key = torch.stack((pos, torch.zeros_like(pos)), -1)
+        key[:near] = torch.tensor([0.0, 1.0], device=device)
+        return RecencyFeatures(query, key)
+
+
 def alibi_slopes(n_heads: int) -> torch.Tensor:
     """ALiBi's geometric slopes 2^(-8 h / H), h = 1..H (Press et al., 2021)."""
     return torch.tensor([2.0 ** (-8.0 * (h + 1) / n_heads) for h in range(n_heads)])
@@ -57,18 +78,35 @@ class Attention(nn.Module):
         # learned per-head recency bias -slope_h * distance, initialised at ALiBi's slopes
         self.recency = nn.Parameter(alibi_slopes(n_heads).log()) if recency else None
 
-    def forward(self, x, rope, cache=None, mask=None, dist=None):
+    def forward(self, x, rope, cache=None, mask=None, dist=None, rows=None):
         """x: [B, T, D]; rope: (cos, sin) for the T new positions or None; cache: (k, v) [B, H, S, K] of
         past keys (already rotated) or None; mask: bool [T, S+T] or None for plain causal; dist: with the
-        recency bias, (distances, additive mask) [T, S+T] from masked_distance, used instead of mask.
-        Returns y [B, T, D] and the new (k, v) = cache + this segment's keys and values."""
+        recency bias, (distances, additive mask) [T, S+T] from masked_distance, used instead of mask, or
+        RecencyFeatures (same bias, fused into causal SDPA; no cache).
+        rows: long [R], no cache: compute the output of these query rows only (causal plain or recency).
+        Returns y [B, T or R, D] and the new (k, v) = cache + this segment's keys and values."""
         q, k, v = rearrange(self.qkv(x), "b t (three h k) -> three b h t k", three=3, h=self.n_heads)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None and cache[0].shape[2] > 0:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
-        if self.recency is not None:  # dist = (distances, additive -inf mask) from masked_distance
-            # written out: on CPU this is ~2x faster than SDPA with a float mask (which takes its math path)
+        if rows is not None:  # a few query rows: small [R, S] scores, written out
+            scores = (q[:, :, rows] @ k.transpose(-1, -2)) * self.head_dim**-0.5
+            if isinstance(dist, RecencyFeatures):
+                scores = scores + self.recency.exp()[:, None, None] * (dist.query[rows] @ dist.key.T)
+            elif self.recency is not None:
+                scores = scores - self.recency.exp()[:, None, None] * dist[0][rows]
+            allowed = torch.arange(k.shape[2], device=x.device)[None, :] <= rows[:, None]
+            y = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1) @ v
+        elif self.recency is not None and isinstance(dist, RecencyFeatures):  # fused: no [T, S] scores in memory
+            slope = self.recency.exp()[:, None, None]  # [H, 1, 1]
+            qf = (slope * dist.query).expand(q.shape[0], -1, -1, -1)  # [B, H, T, E]
+            kf = dist.key.expand(k.shape[0], self.n_heads, -1, -1)  # [B, H, S, E]
+            E = qf.shape[-1]
+            q2, k2 = torch.cat((q * self.head_dim**-0.5, qf), -1), torch.cat((k, kf), -1)
+            y = F.scaled_dot_product_attention(q2, k2, F.pad(v, (0, E)), is_causal=True, scale=1.0)[..., : self.head_dim]
+        elif self.recency is not None:  # dist = (distances, additive -inf mask) from masked_distance
+            # written out (with a KV cache or window): on CPU ~2x faster than SDPA with a float mask (its math path)
             d, neg = dist
             scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5 - self.recency.exp()[:, None, None] * d + neg
             y = scores.softmax(dim=-1) @ v
@@ -120,12 +158,13 @@ class Block(nn.Module):
         self.attn = Attention(d_model, n_heads, rope_base, recency)
         self.mlp = MLP(d_model, mlp_mult)
 
-    def forward(self, x, rope, cache=None, mask=None, conv_tail=None, dist=None):
+    def forward(self, x, rope, cache=None, mask=None, conv_tail=None, dist=None, rows=None):
+        """rows: output only these positions (no cache; see Attention)."""
         h = self.norm1(x)
         if self.conv is not None:
             h, conv_tail = self.conv(h, conv_tail)
-        a, kv = self.attn(h, rope, cache, mask, dist)
-        x = x + a
+        a, kv = self.attn(h, rope, cache, mask, dist, rows)
+        x = (x if rows is None else x[:, rows]) + a
         return x + self.mlp(self.norm2(x)), kv, conv_tail
 
 

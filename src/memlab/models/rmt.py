@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .base import ModelOutput, SequenceModel
-from .blocks import Block, init_weights, masked_distance, rotary_tables
+from .blocks import Block, RecencyFeatures, init_weights, rotary_tables
 
 
 @dataclass
@@ -60,26 +60,40 @@ class RMT(SequenceModel):
         if key not in self._pos_cache:
             pos = torch.arange(n, device=device)
             rope = rotary_tables(pos, self.config.d_model // self.config.n_heads, self.config.rope_base)
-            dist = masked_distance(pos, pos, None) if self.config.recency else None
-            if dist is not None and self.config.memory_always_near:
-                dist[0][:, : self.config.num_mem] = 0.0
+            dist = None
+            if self.config.recency:  # the bias -slope * distance, fused into causal SDPA
+                dist = RecencyFeatures.make(n, self.config.num_mem if self.config.memory_always_near else 0, device)
             self._pos_cache[key] = (rope, dist)
         return self._pos_cache[key]
 
     def init_state(self, batch_size: int, device=None) -> MemoryState:
         return MemoryState(self.mem_init.to(device).unsqueeze(0).expand(batch_size, -1, -1))
 
-    def forward(self, tokens: torch.Tensor, state: MemoryState | None = None, return_logits: bool = True) -> ModelOutput:
-        """tokens: [B, T] with T <= segment_len; state.memory: [B, M, D]."""
+    accepts_keep = True  # stream() may pass keep=: the positions whose hidden states it needs
+
+    def forward(self, tokens: torch.Tensor, state: MemoryState | None = None, return_logits: bool = True,
+                keep: list[int] | None = None) -> ModelOutput:
+        """tokens: [B, T] with T <= segment_len; state.memory: [B, M, D].
+        keep: segment positions whose hidden states are needed (hidden/logits come back for these only); the
+        last block then runs only for them and the write memory (same result, ~1/4 less compute)."""
         B, T = tokens.shape
         M = self.config.num_mem
         mem = (state if state is not None else self.init_state(B, tokens.device)).memory
         x = torch.cat((mem, self.embed(tokens), mem), dim=1)  # [B, M+T+M, D]
         rope, dist = self._positions(x.shape[1], x.device)
-        for block in self.blocks:
-            x, _, _ = block(x, rope, dist=dist)
+        rows = None
+        if keep is not None:
+            key = (T, tuple(keep), str(x.device))
+            if key not in self._pos_cache:
+                self._pos_cache[key] = torch.tensor([M + p for p in keep] + list(range(M + T, M + T + M)), device=x.device)
+            rows = self._pos_cache[key]
+        for i, block in enumerate(self.blocks):
+            x, _, _ = block(x, rope, dist=dist, rows=rows if i == len(self.blocks) - 1 else None)
         h = self.norm(x)
-        out_h, new_mem = h[:, M : M + T], h[:, M + T :]
+        if keep is not None:
+            out_h, new_mem = h[:, : len(keep)], h[:, len(keep) :]
+        else:
+            out_h, new_mem = h[:, M : M + T], h[:, M + T :]
         if self.gate is not None:  # keep what the write does not replace: noise segments can leave memory as it is
             new_mem = mem + torch.sigmoid(self.gate(new_mem)) * (new_mem - mem)
         return ModelOutput(self.lm_head(out_h) if return_logits else None, MemoryState(new_mem), out_h)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .base import ModelOutput, SequenceModel
-from .blocks import Block, attention_mask, init_weights, masked_distance, rotary_tables
+from .blocks import Block, RecencyFeatures, attention_mask, init_weights, masked_distance, rotary_tables
 
 
 @dataclass
@@ -63,7 +63,9 @@ class Transformer(SequenceModel):
         rope = rotary_tables(q_pos, self.config.d_model // self.config.n_heads, self.config.rope_base)
         plain_causal = S == 0 and (self.config.window is None or self.config.window >= T)
         mask = None if plain_causal else attention_mask(q_pos, k_pos, self.config.window)
-        dist = masked_distance(q_pos, k_pos, self.config.window) if self.config.recency else None
+        dist = None
+        if self.config.recency:  # fused into causal SDPA when nothing is cached (training, first segment)
+            dist = RecencyFeatures.make(T, 0, tokens.device) if plain_causal else masked_distance(q_pos, k_pos, self.config.window)
         x = self.embed(tokens)
         keys, values, convs = [], [], []
         for i, block in enumerate(self.blocks):

@@ -52,6 +52,19 @@ class Question:
     task: int  # 1..5
 
 
+def state_questions(question: Question) -> list[tuple[str, str]]:
+    """Every question the story's state answers at this point, as (question, answer): for qa1, "Where is P?"
+    for each person moved so far, in order of first mention. Training uses them as extra supervision (the
+    state must hold every person's place, not only the asked one). Other tasks: [] (not derived yet)."""
+    if question.task != 1:
+        return []
+    where: dict[str, str] = {}
+    for fact in question.facts:
+        words = fact.rstrip(".").split()
+        where[words[0]] = words[-1]
+    return [(f"Where is {p}?", place) for p, place in where.items()]
+
+
 # ----------------------------------------------------------------------------- reading / writing
 
 _LINE = re.compile(r"^(\d+) (.*)$")

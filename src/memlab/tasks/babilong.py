@@ -27,9 +27,11 @@ class Sample:
 
 
 def make_sample(question: Question, length: int, tokenizer: WordTokenizer, haystack: TokenizedHaystack | None,
-                rng: np.random.Generator) -> Sample:
+                rng: np.random.Generator, facts_before: int | None = None) -> Sample:
     """Insert the question's facts in order at random sentence boundaries of `length - (facts + question)`
-    haystack tokens, then append the question. With haystack=None, the sample is facts + question."""
+    haystack tokens, then append the question. With haystack=None, the sample is facts + question.
+    facts_before: every fact must end before this token index of the sample (e.g. length - segment_len puts
+    them all before the question's segment, so a recurrent model can only answer from its memory)."""
     facts = [np.asarray(tokenizer.encode(f), dtype=np.int64) for f in question.facts]
     q = np.asarray(tokenizer.encode(question.question), dtype=np.int64)
     answer = tokenizer.token_id(question.answer)
@@ -45,6 +47,11 @@ def make_sample(question: Question, length: int, tokenizer: WordTokenizer, hayst
         hay = hay.astype(np.int64)
         if len(bounds) == 0:
             bounds = np.zeros(1, dtype=np.int64)
+        if facts_before is not None:
+            last = facts_before - (needed - len(q))  # latest haystack offset at which the facts still fit
+            if last < 0:
+                raise ValueError(f"the facts of this sample ({needed - len(q)} tokens) cannot all end before token {facts_before}; use a longer length or a later facts_before")
+            bounds = bounds[bounds <= last] if (bounds <= last).any() else np.zeros(1, dtype=np.int64)
         positions = np.sort(bounds[rng.integers(0, len(bounds), size=len(facts))])
     total = len(hay) + needed
     tokens = np.empty(total, dtype=np.int64)
@@ -91,10 +98,10 @@ class BabilongTask:
             raise ValueError(f"BabilongTask qa{task} got no questions; pass read_babi_dir(...) or generate_babi(...) output")
         self.task, self.questions, self.tokenizer, self.haystack = task, questions, tokenizer, haystack
 
-    def sample(self, length: int, seed: int) -> Sample:
+    def sample(self, length: int, seed: int, facts_before: int | None = None) -> Sample:
         qi = int(np.random.default_rng([seed, 0]).integers(len(self.questions)))
         rng = np.random.default_rng([seed, 1, length])
-        s = make_sample(self.questions[qi], length, self.tokenizer, self.haystack, rng)
+        s = make_sample(self.questions[qi], length, self.tokenizer, self.haystack, rng, facts_before)
         s.meta.update(task=self.task, seed=seed, question_index=qi, requested_length=length)
         return s
 
