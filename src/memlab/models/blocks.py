@@ -83,7 +83,8 @@ class Attention(nn.Module):
         past keys (already rotated) or None; mask: bool [T, S+T] or None for plain causal; dist: with the
         recency bias, (distances, additive mask) [T, S+T] from masked_distance, used instead of mask, or
         RecencyFeatures (same bias, fused into causal SDPA; no cache).
-        rows: long [R], no cache: compute the output of these query rows only (causal plain or recency).
+        rows: long [R], no cache: compute the output of these query rows only (plain causal, or recency
+        given as RecencyFeatures).
         Returns y [B, T or R, D] and the new (k, v) = cache + this segment's keys and values."""
         q, k, v = rearrange(self.qkv(x), "b t (three h k) -> three b h t k", three=3, h=self.n_heads)
         if rope is not None:
@@ -92,10 +93,8 @@ class Attention(nn.Module):
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
         if rows is not None:  # a few query rows: small [R, S] scores, written out
             scores = (q[:, :, rows] @ k.transpose(-1, -2)) * self.head_dim**-0.5
-            if isinstance(dist, RecencyFeatures):
+            if self.recency is not None:
                 scores = scores + self.recency.exp()[:, None, None] * (dist.query[rows] @ dist.key.T)
-            elif self.recency is not None:
-                scores = scores - self.recency.exp()[:, None, None] * dist[0][rows]
             allowed = torch.arange(k.shape[2], device=x.device)[None, :] <= rows[:, None]
             y = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1) @ v
         elif self.recency is not None and isinstance(dist, RecencyFeatures):  # fused: no [T, S] scores in memory
