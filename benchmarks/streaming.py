@@ -1,8 +1,8 @@
 """Streaming cost against length: RMT's tokens/s and peak memory at 10k-1M tokens (flat state), and
 full attention's time per token and KV-cache bytes until it becomes impractical.
 
-RMT is measured at each `--rmt-segments` length (positions restart every segment, so a model trained on
-128-token segments runs on longer ones, at an accuracy to measure separately). Eager PyTorch only: a
+RMT is measured at its own segment length, or at each `--rmt-segments` length (positions restart every
+segment, so a model runs on other segment lengths too, at an accuracy to measure separately). Eager PyTorch only: a
 torch.compile attempt (2026-11-26) recompiled on every segment (the state's dispatch keys differ between the
 first and later segments under inference_mode) and fell back to eager, so it is not offered here yet.
 
@@ -47,7 +47,7 @@ def main(argv=None):
     p.add_argument("--transformer", default=str(ROOT / "checkpoints" / "transformer-qa1"))
     p.add_argument("--rmt-lengths", default="10000,100000,1000000")
     p.add_argument("--attn-lengths", default="1000,2000,4000,8000,16000")
-    p.add_argument("--rmt-segments", default="128", help="segment lengths to stream RMT with (trained: 128)")
+    p.add_argument("--rmt-segments", default=None, help="segment lengths to stream RMT with (default: the checkpoint's own)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -55,7 +55,7 @@ def main(argv=None):
     out = {"rmt": [], "transformer": []}
     rmt, tok, _ = load_checkpoint(a.rmt)
     rmt.eval()
-    for seg in [int(x) for x in a.rmt_segments.split(",")]:
+    for seg in [int(x) for x in a.rmt_segments.split(",")] if a.rmt_segments else [rmt.config.segment_len]:
         for L in [int(x) for x in a.rmt_lengths.split(",")]:
             for b in (1, 8) if L <= 100_000 else (1,):  # batch 8 at 1M would take minutes; batch 1 is the target
                 r = measure(rmt, L, b, len(tok), seg)

@@ -180,12 +180,13 @@ def length_for(cfg: TrainConfig, step: int, rng: random.Random) -> int:
 
 @torch.no_grad()
 def evaluate_heldout(model, data: TaskData, length: int, n: int, seed: int = 12345, batch: int = 32,
-                     memory_only: bool = False) -> float:
-    """Held-out accuracy at `length`; memory_only: every fact before the question's segment."""
+                     memory_only: bool = False, tasks=None) -> float:
+    """Held-out accuracy at `length`; memory_only: every fact before the question's segment; tasks: a subset
+    of data.heldout (default: all, mixed)."""
     model.eval()
     correct = total = 0
     for b in range(0, n, batch):
-        x, y = data.batch(data.heldout, length, min(batch, n - b), seed + b, memory_only=float(memory_only))
+        x, y = data.batch(tasks or data.heldout, length, min(batch, n - b), seed + b, memory_only=float(memory_only))
         _, acc, cnt = unroll(model, x, y)
         correct += acc * cnt
         total += cnt
@@ -215,10 +216,24 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         if cfg.init_from:
             model, tokenizer, _ = load_checkpoint(cfg.init_from)
             want = make_config(cfg.model, vocab_size=model.config.vocab_size, **cfg.model_args)
-            if tokenizer is None or dataclasses.asdict(want) != dataclasses.asdict(model.config):
-                diff = {k: (v, getattr(model.config, k)) for k, v in dataclasses.asdict(want).items() if getattr(model.config, k, None) != v}
+            # the segment length may change (positions restart every segment; no weight depends on it)
+            diff = {k: (v, getattr(model.config, k, None)) for k, v in dataclasses.asdict(want).items()
+                    if getattr(model.config, k, None) != v and k != "segment_len"}
+            if tokenizer is None or diff:
                 raise ValueError(f"init_from {cfg.init_from}: its model does not match this recipe (field: (recipe, checkpoint) {diff}"
                                  f"{', no tokenizer' if tokenizer is None else ''}); make model/model_args equal to its config.json")
+            from .tasks.babi import task_words
+            from .tasks.babilong import parse_task_spec
+
+            words = [w for _, n in parse_task_spec(cfg.task) for w in task_words(n)]
+            grown = tokenizer.extended(words)
+            if len(grown) > len(tokenizer):  # a new task's words: grow the embedding
+                log(f"init_from {cfg.init_from}: {len(grown) - len(tokenizer)} new task words {grown.vocab[len(tokenizer):]}")
+                model.grow_vocab(len(grown))
+                tokenizer = grown
+            if want.segment_len != model.config.segment_len:
+                log(f"init_from {cfg.init_from}: segment length {model.config.segment_len} -> {want.segment_len}")
+                model.config.segment_len = want.segment_len
             data = TaskData(cfg, tokenizer)
         else:
             data = TaskData(cfg)
@@ -274,6 +289,11 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             if cur > data.segment_len:  # also with every fact before the question's segment: the memory alone
                 row["heldout_memory_only_acc"] = round(evaluate_heldout(model, data, cur, cfg.eval_samples, memory_only=True), 4)
                 msg += f", {row['heldout_memory_only_acc']:.3f} with every fact before the question's segment"
+            if len(data.tasks) > 1:  # each task alone, eval_samples / tasks samples each (at least 16)
+                per = max(16, cfg.eval_samples // len(data.tasks))
+                row["heldout_acc_per_task"] = {f"qa{n}": round(evaluate_heldout(model, data, cur, per, tasks=[t]), 4)
+                                               for n, t in zip(data.tasks, data.heldout)}
+                msg += " (" + ", ".join(f"{k} {v:.2f}" for k, v in row["heldout_acc_per_task"].items()) + ")"
             history["eval"].append(row)
             (bar.write if progress else log)(f"{msg} ({seconds:.0f}s of training)")
         if done % cfg.ckpt_every == 0 or done == cfg.steps or done == until:

@@ -70,5 +70,19 @@ class SequenceModel(nn.Module):
         """LM head applied to final hidden states [.., D] -> [.., V]; lets the runner score only answer positions."""
         return self.lm_head(hidden)
 
+    def grow_vocab(self, new_size: int) -> None:
+        """Append rows to the token embedding (tied to the LM head) for words added to the tokenizer; the
+        existing rows are unchanged, the new ones random at the scale of the trained ones."""
+        emb, head = getattr(self, "embed", None), getattr(self, "lm_head", None)
+        if not isinstance(emb, nn.Embedding) or head is None or head.weight is not emb.weight:
+            raise ValueError(f"{type(self).__name__} has no tied word embedding to grow; train it from scratch on the new task")
+        old = emb.weight.data
+        if new_size < old.shape[0]:
+            raise ValueError(f"grow_vocab cannot shrink the vocabulary ({old.shape[0]} -> {new_size})")
+        extra = torch.randn(new_size - old.shape[0], old.shape[1], dtype=old.dtype, device=old.device) * old.std()
+        emb.weight = head.weight = nn.Parameter(torch.cat((old, extra)))
+        emb.num_embeddings, head.out_features = new_size, new_size
+        self.config.vocab_size = new_size
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -69,6 +69,11 @@ class WordTokenizer:
                 seen.add(w)
         return cls(vocab)
 
+    def extended(self, words: Iterable[str]) -> "WordTokenizer":
+        """This vocabulary with the words it lacks appended (existing ids unchanged)."""
+        new = [w.lower() for w in words if w.lower() not in self._index]
+        return WordTokenizer(self.vocab + list(dict.fromkeys(new)))
+
     def __len__(self) -> int:
         return len(self.vocab)
 
