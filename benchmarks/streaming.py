@@ -2,8 +2,8 @@
 full attention's time per token and KV-cache bytes until it becomes impractical.
 
 RMT is measured at its own segment length, or at each `--rmt-segments` length (positions restart every
-segment, so a model runs on other segment lengths too, at an accuracy to measure separately). Eager PyTorch only: a
-torch.compile attempt (2026-11-26) recompiled on every segment (the state's dispatch keys differ between the
+segment, so a model runs on other segment lengths too, at an accuracy to measure separately). Eager PyTorch
+only: a torch.compile attempt (2026-11-26) recompiled on every segment (the state's dispatch keys differ between the
 first and later segments under inference_mode) and fell back to eager, so it is not offered here yet.
 
     python benchmarks/streaming.py                    # -> benchmarks/results/streaming.json
