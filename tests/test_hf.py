@@ -72,7 +72,8 @@ def _first_segment_grads(model, x, y, bptt_depth):
 
     def hook(_module, _inp, out):
         if not captured:  # the first segment's token embeddings
-            out.retain_grad()
+            if out.requires_grad:  # (no graph at all where no loss can reach)
+                out.retain_grad()
             captured.append(out)
 
     h = model.backbone.get_input_embeddings().register_forward_hook(hook)

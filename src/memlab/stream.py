@@ -80,10 +80,19 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     n = len(bounds)
     state = model.init_state(B, x.device)
     total, correct, count, lm_total, lm_count = 0.0, 0, 0, 0.0, 0
+    cut = [bptt_depth is not None and j > 0 and (n - j) % bptt_depth == 0 for j in range(n)]
+    # a segment needs a graph only if a loss after it, before the next cut, can reach it: long samples whose
+    # answers sit at the end run their early windows without autograd (same losses and gradients)
+    needs, reach = [False] * n, False
+    for j in reversed(range(n)):
+        reach = reach or lm_weight > 0 or bool((y[:, bounds[j][0] : bounds[j][1]] != -100).any())
+        needs[j] = reach
+        reach = reach and not cut[j]
     for j, (s, e) in enumerate(bounds):
-        if bptt_depth is not None and j > 0 and (n - j) % bptt_depth == 0:
+        if cut[j]:
             state = detach_state(state)
-        out = model(x[:, s:e], state, return_logits=False)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and needs[j]):
+            out = model(x[:, s:e], state, return_logits=False)
         state = out.state
         mask = y[:, s:e] != -100
         if mask.any():
