@@ -2,9 +2,9 @@
 full attention's time per token and KV-cache bytes until it becomes impractical.
 
 RMT is measured at its own segment length, or at each `--rmt-segments` length (positions restart every
-segment, so a model runs on other segment lengths too, at an accuracy to measure separately). Eager PyTorch
-only: a torch.compile attempt (2026-11-26) recompiled on every segment (the state's dispatch keys differ between the
-first and later segments under inference_mode) and fell back to eager, so it is not offered here yet.
+segment, so a model runs on other segment lengths too, at an accuracy to measure separately). RMT is
+measured eager and with `stream(compile=True)` (torch.compile of the segment forward); the compile itself is
+timed apart, as `compile_seconds` of the first compiled row of each batch size and segment length.
 
     python benchmarks/streaming.py                    # -> benchmarks/results/streaming.json
 """
@@ -27,15 +27,23 @@ from memlab.models.base import state_nbytes  # noqa: E402
 from memlab.stream import stream  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+_compiled_for: set = set()  # (batch, segment_len) already compiled in this process
 
 
-def measure(model, length: int, batch: int, vocab: int, segment_len: int | None = None) -> dict:
+def measure(model, length: int, batch: int, vocab: int, segment_len: int | None = None, compile: bool = False) -> dict:
     tokens = np.random.default_rng(0).integers(3, vocab, size=(batch, length))
+    seg = segment_len or model.config.segment_len
+    compile_secs = None
+    if compile and (batch, seg) not in _compiled_for:  # compile (first call) outside the timed run
+        t0 = time.perf_counter()
+        stream(model, tokens[:, : 3 * seg], [3 * seg - 1], segment_len=seg, compile=True)
+        compile_secs = round(time.perf_counter() - t0, 2)
+        _compiled_for.add((batch, seg))
     _reset_peak_rss()
     t0 = time.perf_counter()
-    res = stream(model, tokens, [length - 1], segment_len=segment_len)
+    res = stream(model, tokens, [length - 1], segment_len=segment_len, compile=compile)
     secs = time.perf_counter() - t0
-    return {"length": length, "batch": batch, "segment_len": segment_len or model.config.segment_len,
+    return {"length": length, "batch": batch, "segment_len": seg, "compiled": compile, "compile_seconds": compile_secs,
             "seconds": round(secs, 3), "tokens_per_s": round(batch * length / secs),
             "seconds_per_token": secs / (batch * length), "state_bytes_per_sample": state_nbytes(res.state) // batch,
             "peak_rss_bytes": _peak_rss()}
@@ -48,6 +56,7 @@ def main(argv=None):
     p.add_argument("--rmt-lengths", default="10000,100000,1000000")
     p.add_argument("--attn-lengths", default="1000,2000,4000,8000,16000")
     p.add_argument("--rmt-segments", default=None, help="segment lengths to stream RMT with (default: the checkpoint's own)")
+    p.add_argument("--modes", default="eager,compile", help="RMT runner modes: eager and/or compile")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -58,9 +67,10 @@ def main(argv=None):
     for seg in [int(x) for x in a.rmt_segments.split(",")] if a.rmt_segments else [rmt.config.segment_len]:
         for L in [int(x) for x in a.rmt_lengths.split(",")]:
             for b in (1, 8) if L <= 100_000 else (1,):  # batch 8 at 1M would take minutes; batch 1 is the target
-                r = measure(rmt, L, b, len(tok), seg)
-                out["rmt"].append(r)
-                print("rmt", r, flush=True)
+                for mode in a.modes.split(","):
+                    r = measure(rmt, L, b, len(tok), seg, compile=mode == "compile")
+                    out["rmt"].append(r)
+                    print("rmt", r, flush=True)
     tf, tok, _ = load_checkpoint(a.transformer)
     tf.eval()
     for L in [int(x) for x in a.attn_lengths.split(",")]:

@@ -100,7 +100,8 @@ def evaluated(ckpts, book, tmp_path_factory):
 
 OPTIONS = {
     "train": ["--recipe", "--model", "--task", "--model-args", "--lengths", "--steps", "--batch-size", "--out", "--resume"],
-    "eval": ["--task", "--lengths", "--samples", "--batch-size", "--store", "--time-budget", "--force", "--json", "--haystack"],
+    "eval": ["--task", "--lengths", "--samples", "--batch-size", "--store", "--time-budget", "--force", "--json", "--haystack",
+             "--compile"],
     "report": ["--store", "--out"],
     "demo": ["--out", "--train", "--quick"],
     "babi": ["--task", "--n", "--seed"],

@@ -253,3 +253,54 @@ def test_rmt_keep_computes_only_needed_rows_with_the_same_result(recency):
         res = stream(m, x, [0, 3, 4, 20, 28])
     torch.testing.assert_close(res.logits, manual[:, [0, 3, 4, 20, 28]], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(res.state.memory, state.memory, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("near", [False, True])
+def test_rmt_written_out_recency_at_inference_equals_fused_sdpa(near):
+    """Without autograd a short segment's scores are written out with the bias (faster on CPU); with
+    autograd the bias is fused into causal SDPA. Both must give the same logits and memory."""
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", vocab_size=64, d_model=32, n_layers=2, n_heads=4, num_mem=3, segment_len=8,
+                                conv=4, recency=True, memory_always_near=near, mem_gate=True)).eval()
+    for b in m.blocks:
+        b.attn.recency.data = torch.tensor([-3.0, -1.0, 0.0, 0.5])
+    x, state = torch.randint(0, 64, (2, 8)), m.init_state(2)
+    fused = m(x, state)
+    assert fused.logits.requires_grad  # the SDPA path ran
+    with torch.no_grad():
+        written = m(x, state)
+    torch.testing.assert_close(written.logits, fused.logits.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(written.state.memory, fused.state.memory.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_short_conv_equals_depthwise_conv1d():
+    """ShortConv (a sliding-window view, multiply, sum) is the causal depthwise convolution over the inputs
+    with the tail before them."""
+    import torch.nn.functional as F
+
+    from memlab.models.blocks import ShortConv
+
+    torch.manual_seed(0)
+    conv = ShortConv(6, 4)
+    x, tail = torch.randn(2, 9, 6), torch.randn(2, 3, 6)
+    y, new_tail = conv(x, tail)
+    xp = torch.cat((tail, x), dim=1).transpose(1, 2)  # [B, D, K-1+T]
+    ref = x + F.conv1d(xp, conv.weight.flip(-1).unsqueeze(1), groups=6).transpose(1, 2)
+    torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(new_tail, x[:, -3:])
+
+
+def test_compiled_stream_equals_eager_stream_and_refuses_growing_state():
+    """stream(compile=True) runs the segments without an answer through torch.compile; the kept logits and
+    the final state must match the eager runner. Attention's KV cache grows, so it is refused."""
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", vocab_size=64, d_model=32, n_layers=2, n_heads=4, num_mem=3, segment_len=8,
+                                conv=4, recency=True, memory_always_near=True, mem_gate=True)).eval()
+    x = torch.randint(0, 64, (2, 61))
+    eager = stream(m, x, [5, 60])
+    compiled = stream(m, x, [5, 60], compile=True)
+    torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(compiled.state.memory, eager.state.memory, atol=1e-4, rtol=1e-4)
+    tf = build_model(make_config("transformer", **TINY))
+    with pytest.raises(ValueError, match="grows with the context"):
+        stream(tf, x, [60], compile=True)

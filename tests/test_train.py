@@ -160,3 +160,40 @@ def test_shipped_recipes_load_and_demo_chains_are_consistent():
         validate(cfg)
         if cfg.init_from and cfg.init_from.startswith("checkpoints/"):  # starts from a shipped checkpoint
             assert (REPO_ROOT / cfg.init_from / "model.safetensors").is_file(), f"{path.name}: {cfg.init_from} missing"
+
+
+def test_demo_train_runs_the_whole_recipe_chain_then_evaluates_and_reports(tmp_path, monkeypatch):
+    """`memlab demo --train` end to end, shrunk: every shipped recipe of each chain trains (2 steps, short
+    lengths), each later stage starts from the one before it, and the evaluation and report run on the
+    freshly trained checkpoints, not the shipped ones."""
+    import memlab.demo as demo
+    import memlab.train as train_mod
+
+    real_load = train_mod.load_recipe
+
+    def tiny(path):
+        cfg = real_load(path)
+        cfg.steps, cfg.stage_steps, cfg.warmup, cfg.batch_size = 2, 1, 1, 2
+        cfg.lengths, cfg.bptt_depth = [0, 256], None
+        cfg.eval_every, cfg.eval_samples, cfg.ckpt_every, cfg.train_pool = 2, 4, 1, 200
+        return cfg
+
+    monkeypatch.setattr(train_mod, "load_recipe", tiny)
+    monkeypatch.setattr(demo, "QUICK", dict(samples={1000: 2}, time_budget=60.0))
+    logs = []
+    paths = demo.run_demo(tmp_path / "out", retrain=True, quick=True, log=logs.append)
+    trained = [m.split()[2] for m in logs if m.startswith("demo: training")]
+    for name, recipes in demo.DEMO_MODELS.items():
+        assert [r for r in trained if r in recipes] == recipes  # every stage, in chain order
+        previous = None
+        for recipe in recipes:
+            ck = tmp_path / "out" / "checkpoints" / recipe
+            info = json.loads((ck / "train_info.json").read_text())
+            assert (ck / "model.safetensors").is_file() and info["step"] == 2
+            assert info["train_config"]["init_from"] == (str(previous) if previous else None)
+            previous = ck
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["command"] == "memlab demo --quick --train"
+    assert {c["model"] for c in results["cells"]} == set(demo.DEMO_MODELS)
+    assert all(c["samples"] == 2 for c in results["cells"])
+    assert paths["report_md"].is_file()

@@ -126,6 +126,7 @@ class EvalSpec:
     time_budget: float = 900.0  # seconds per cell before the preflight refuses an attention cell
     force: bool = False  # run cells the preflight refuses
     max_samples_long: int | None = None  # cap samples for lengths >= 1M (stated in the cell)
+    compile: bool = False  # stream fixed-state models through torch.compile (compile time counts in the cell)
 
     def __post_init__(self):
         checks = [(self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
@@ -211,7 +212,8 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
     for b in range(0, n, spec.batch_size):
         samples = [bt.sample(length, _sample_seed(spec, i)) for i in range(b, min(b + spec.batch_size, n))]
         tokens = np.stack([s.tokens for s in samples])
-        res = stream(model, tokens, [length - 1] if length else [tokens.shape[1] - 1])
+        res = stream(model, tokens, [length - 1] if length else [tokens.shape[1] - 1],
+                     compile=spec.compile and getattr(model, "fixed_state", False))
         pred = res.logits[:, 0].argmax(-1)
         correct += sum(int(p) == s.answer for p, s in zip(pred.tolist(), samples))
         state_bytes = state_nbytes(res.state) // len(samples)

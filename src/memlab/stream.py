@@ -2,13 +2,28 @@
 (truncated backprop through time) shared by every model."""
 from __future__ import annotations
 
+import warnings
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.base import detach_state
+from .models.base import detach_state, tree_map
+
+# torch.compile'd forward per model (compiled once per process and model; inductor also caches on disk)
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_forward(model):
+    """The model's forward under torch.compile (static shapes). Only for models with a fixed-size state
+    (`fixed_state = True`): a growing KV cache would change shapes, and so recompile, at every segment."""
+    if not getattr(model, "fixed_state", False):
+        raise ValueError(f"{type(model).__name__} has a state that grows with the context; stream it without compile")
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model, dynamic=False)
+    return _COMPILED[model]
 
 
 def segment_bounds(length: int, segment_len: int) -> list[tuple[int, int]]:
@@ -34,24 +49,42 @@ class StreamResult:
 
 
 @torch.inference_mode()
-def stream(model, tokens, positions, segment_len: int | None = None, state=None) -> StreamResult:
+def stream(model, tokens, positions, segment_len: int | None = None, state=None, compile: bool = False) -> StreamResult:
     """Run `tokens` ([B, L], numpy or torch) through `model` segment by segment and keep the logits at
     `positions` (indices into L, shared by the batch) only: a million-token sample never materialises
-    more than one segment of hidden states."""
+    more than one segment of hidden states.
+    compile: run the full-length segments that hold no kept position (all but a few) through
+    `compiled_forward(model)`; the first call per batch size compiles (seconds to tens of seconds)."""
     x = _as_tensor(tokens)
     B, L = x.shape
     seg = segment_len or model.config.segment_len
     positions = sorted(int(p) for p in positions)
     if positions and not (0 <= positions[0] and positions[-1] < L):
         raise ValueError(f"positions must lie in [0, {L}), got {positions[0]}..{positions[-1]}")
-    state = state if state is not None else model.init_state(B, x.device)
+    # cloned here: every state the loop sees is then an inference tensor (a compiled forward would otherwise
+    # recompile once for the initial state, which is a view of a parameter)
+    state = tree_map(torch.clone, state if state is not None else model.init_state(B, x.device))
     kept, p = [], 0
     keep_ok = getattr(model, "accepts_keep", False)  # the model can skip the positions we do not need
+    fast = compiled_forward(model) if compile else None
+    warm = False  # the first eligible segment runs eagerly: it fills the model's per-length caches, which the
+    # compiled graph's guards would otherwise see change (one needless recompile)
     for s, e in segment_bounds(L, seg):
         idx = []
         while p < len(positions) and positions[p] < e:
             idx.append(positions[p] - s)
             p += 1
+        if fast is not None and not idx and e - s == seg and warm:  # one graph for all these segments (no answer)
+            # a packed copy: the strides of a slice of [B, L] would make the graph guard on L
+            segment = x[:, s:e].clone(memory_format=torch.contiguous_format)
+            try:
+                state = fast(segment, state, return_logits=False, **({"keep": []} if keep_ok else {})).state
+                continue
+            except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no C++ compiler: eager from here on
+                warnings.warn(f"torch.compile failed ({str(err).splitlines()[0][:200]}); streaming eagerly instead "
+                              "(install a C++ compiler such as g++ to use compile)")
+                _COMPILED[model], fast = model, None
+        warm = warm or (not idx and e - s == seg)
         if keep_ok:
             out = model(x[:, s:e], state, return_logits=False, keep=idx)
             hidden = out.hidden

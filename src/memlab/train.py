@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .models.base import transfer_weights
 from .models.registry import build_model, make_config
 from .stream import unroll
 
@@ -216,6 +217,12 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         if cfg.init_from:
             model, tokenizer, _ = load_checkpoint(cfg.init_from)
             want = make_config(cfg.model, vocab_size=model.config.vocab_size, **cfg.model_args)
+            if model.config.kind != want.kind:  # another kind: the weights both have (blocks, embedding) carry over
+                new = build_model(want)
+                taken, fresh = transfer_weights(model, new)
+                log(f"init_from {cfg.init_from}: {model.config.kind} -> {want.kind}: {len(taken)} tensors copied, "
+                    f"{len(fresh)} new ({', '.join(fresh)})")
+                model = new
             # the segment length may change (positions restart every segment; no weight depends on it)
             diff = {k: (v, getattr(model.config, k, None)) for k, v in dataclasses.asdict(want).items()
                     if getattr(model.config, k, None) != v and k != "segment_len"}

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from .armt import ARMT, ARMTConfig
 from .rmt import RMT, RMTConfig
 from .transformer import Transformer, TransformerConfig
 
 MODELS = {
     "transformer": (TransformerConfig, Transformer),
     "rmt": (RMTConfig, RMT),
+    "armt": (ARMTConfig, ARMT),
 }
 
 

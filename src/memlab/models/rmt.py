@@ -70,6 +70,7 @@ class RMT(SequenceModel):
         return MemoryState(self.mem_init.to(device).unsqueeze(0).expand(batch_size, -1, -1))
 
     accepts_keep = True  # stream() may pass keep=: the positions whose hidden states it needs
+    fixed_state = True  # the state has the same shape after every segment (stream(compile=True) can use it)
 
     def forward(self, tokens: torch.Tensor, state: MemoryState | None = None, return_logits: bool = True,
                 keep: list[int] | None = None) -> ModelOutput:
