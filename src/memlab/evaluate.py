@@ -208,7 +208,7 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
 
 def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: dict | None = None) -> Cell:
     _reset_peak_rss()
-    correct, t0, state_bytes = 0, time.perf_counter(), 0
+    correct, t0, state_bytes, totals = 0, time.perf_counter(), 0, {}
     for b in range(0, n, spec.batch_size):
         samples = [bt.sample(length, _sample_seed(spec, i)) for i in range(b, min(b + spec.batch_size, n))]
         tokens = np.stack([s.tokens for s in samples])
@@ -217,10 +217,14 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
         pred = res.logits[:, 0].argmax(-1)
         correct += sum(int(p) == s.answer for p, s in zip(pred.tolist(), samples))
         state_bytes = state_nbytes(res.state) // len(samples)
+        for k, v in res.totals.items():  # e.g. the sleep model's FLOPs of prediction and of consolidation
+            totals[k] = totals.get(k, 0) + v
         del tokens, res
     secs = time.perf_counter() - t0
     lo, hi = wilson_interval(correct, n)
-    extra = {"estimate": estimate} if estimate else None
+    extra = {"estimate": estimate} if estimate else {}
+    extra.update({f"{k}_per_sample": v / n for k, v in totals.items() if k.startswith("flops")})
+    extra = extra or None
     return Cell(name, task_name, length, n, correct / n, lo, hi, secs, secs / n, n * length / secs, state_bytes, _peak_rss(), "ok", None, extra)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,6 +46,13 @@ class StreamResult:
     logits: torch.Tensor  # [B, P, V] logits at the requested positions only
     state: object  # the state after the last segment
     tokens: int  # tokens processed per sample
+    totals: dict = field(default_factory=dict)  # numbers the model reports in aux (e.g. FLOPs), summed over segments
+
+
+def _add_numbers(totals: dict, aux: dict) -> None:
+    for k, v in aux.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            totals[k] = totals.get(k, 0) + v
 
 
 @torch.inference_mode()
@@ -64,7 +71,7 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
     # cloned here: every state the loop sees is then an inference tensor (a compiled forward would otherwise
     # recompile once for the initial state, which is a view of a parameter)
     state = tree_map(torch.clone, state if state is not None else model.init_state(B, x.device))
-    kept, p = [], 0
+    kept, p, totals = [], 0, {}
     keep_ok = getattr(model, "accepts_keep", False)  # the model can skip the positions we do not need
     fast = compiled_forward(model) if compile else None
     warm = False  # the first eligible segment runs eagerly: it fills the model's per-length caches, which the
@@ -78,7 +85,9 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
             # a packed copy: the strides of a slice of [B, L] would make the graph guard on L
             segment = x[:, s:e].clone(memory_format=torch.contiguous_format)
             try:
-                state = fast(segment, state, return_logits=False, **({"keep": []} if keep_ok else {})).state
+                out = fast(segment, state, return_logits=False, **({"keep": []} if keep_ok else {}))
+                state = out.state
+                _add_numbers(totals, out.aux)
                 continue
             except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no C++ compiler: eager from here on
                 warnings.warn(f"torch.compile failed ({str(err).splitlines()[0][:200]}); streaming eagerly instead "
@@ -92,10 +101,11 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
             out = model(x[:, s:e], state, return_logits=False)
             hidden = out.hidden[:, idx]
         state = out.state
+        _add_numbers(totals, out.aux)
         if idx:
             kept.append(model.logits(hidden))
     logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size)
-    return StreamResult(logits.float(), state, L)
+    return StreamResult(logits.float(), state, L, totals)
 
 
 def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: int | None = None, lm_weight: float = 0.0):

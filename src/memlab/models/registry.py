@@ -5,12 +5,14 @@ import dataclasses
 
 from .armt import ARMT, ARMTConfig
 from .rmt import RMT, RMTConfig
+from .sleep import SleepConfig, SleepHybrid
 from .transformer import Transformer, TransformerConfig
 
 MODELS = {
     "transformer": (TransformerConfig, Transformer),
     "rmt": (RMTConfig, RMT),
     "armt": (ARMTConfig, ARMT),
+    "sleep": (SleepConfig, SleepHybrid),
 }
 
 
