@@ -1,0 +1,93 @@
+"""Titans' neural memory (arXiv:2501.00663, section 3): the chunked form against the definitions."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memlab.models.titans import (memory_chunks, memory_chunks_reference, memory_reference, mlp_forward,
+                                  token_grads)
+
+
+def _setup(depth=2, B=2, T=12, d=6, h=10, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    dims = [d] + [h] * (depth - 1) + [d]
+    W = [torch.randn(B, o, i, generator=g, dtype=dtype) * 0.4 for i, o in zip(dims, dims[1:])]
+    S = [torch.randn(w.shape, generator=g, dtype=dtype) * 0.1 for w in W]
+    k = F.normalize(torch.randn(B, T, d, generator=g, dtype=dtype), dim=-1)
+    q = F.normalize(torch.randn(B, T, d, generator=g, dtype=dtype), dim=-1)
+    v = torch.randn(B, T, d, generator=g, dtype=dtype)
+    theta = 0.2 * torch.rand(B, T, generator=g, dtype=dtype)
+    eta = torch.rand(B, T, generator=g, dtype=dtype)
+    alpha = 0.2 * torch.rand(B, T, generator=g, dtype=dtype)
+    return W, S, k, v, q, theta, eta, alpha
+
+
+def _close(a, b, tol=1e-12):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_chunk_size_one_equals_the_token_by_token_definition(depth):
+    args = _setup(depth)
+    reads, W, S = memory_chunks(*args, chunk=1)
+    ref_reads, ref_W, ref_S = memory_reference(*args)
+    torch.testing.assert_close(reads, ref_reads, atol=1e-12, rtol=1e-12)
+    _close(W, ref_W)
+    _close(S, ref_S)
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 12])
+def test_chunked_form_equals_the_chunked_definition(chunk):
+    """Gradients and reads at each chunk's starting weights; 5 does not divide 12 (a short last chunk)."""
+    args = _setup(2)
+    reads, W, S = memory_chunks(*args, chunk=chunk)
+    ref_reads, ref_W, ref_S = memory_chunks_reference(*args, chunk=chunk)
+    torch.testing.assert_close(reads, ref_reads, atol=1e-12, rtol=1e-12)
+    _close(W, ref_W)
+    _close(S, ref_S)
+    other, _, _ = memory_chunks(*args, chunk=1)
+    assert (other - reads).abs().max() > 1e-6  # the chunk size does matter
+
+
+def test_manual_gradients_equal_autograd():
+    W, _, k, v, _, _, _, _ = _setup(3, T=5)
+    Wd = [w.clone().requires_grad_(True) for w in W]
+    for t in range(5):
+        loss = (mlp_forward(Wd, k[:, t : t + 1]) - v[:, t : t + 1]).pow(2).sum()
+        auto = torch.autograd.grad(loss, Wd)
+        manual = [err[:, t, :, None] * act[:, t, None, :] for err, act in token_grads(W, k, v)]
+        _close(manual, auto, 1e-12)
+
+
+def test_zero_momentum_gives_plain_surprise_updates():
+    """eta = 0: S_t = -theta_t u_t, so M_t = (1 - alpha_t) M_{t-1} - theta_t u_t."""
+    W, S, k, v, q, theta, _, alpha = _setup(2, T=1)
+    _, W1, S1 = memory_chunks(W, S, k, v, q, theta, torch.zeros_like(theta), alpha, chunk=1)
+    u = [err[:, 0, :, None] * act[:, 0, None, :] for err, act in token_grads(W, k, v)]
+    _close(S1, [-theta[:, 0, None, None] * g for g in u])
+    _close(W1, [(1 - alpha[:, 0, None, None]) * w - theta[:, 0, None, None] * g for w, g in zip(W, u)])
+
+
+def test_full_forgetting_erases_the_memory():
+    """alpha = 1 (no momentum carried): M_t = S_t. With no step (theta = 0) the weights become zero; with a
+    step they hold only the last token's surprise (taken at the chunk's starting weights)."""
+    W, S, k, v, q, theta, eta, _ = _setup(2, T=4)
+    one, no = torch.ones_like(theta), torch.zeros_like(theta)
+    zero_S = [torch.zeros_like(s) for s in S]
+    _, W0, _ = memory_chunks(W, zero_S, k, v, q, no, no, one, chunk=4)
+    assert all(w.abs().max() < 1e-25 for w in W0)  # gates of exactly 0 enter as 1e-30 (the log-space products)
+    _, W1, _ = memory_chunks(W, zero_S, k, v, q, theta, no, one, chunk=4)
+    u_last = [err[:, -1, :, None] * act[:, -1, None, :] for err, act in token_grads(W, k, v)]
+    _close(W1, [-theta[:, -1, None, None] * g for g in u_last])
+
+
+def test_outer_parameters_get_gradients_through_the_inner_updates():
+    """A loss on what the memory returns after learning a first chunk reaches the keys, values and the
+    three gates of that chunk."""
+    W, S, k, v, q, theta, eta, alpha = _setup(2, dtype=torch.float32)
+    leaves = [t.clone().requires_grad_(True) for t in (k, v, theta, eta, alpha)]
+    kk, vv, th, et, al = leaves
+    reads, _, _ = memory_chunks(W, S, kk, vv, q, th, et, al, chunk=6)
+    reads[:, 6:].pow(2).sum().backward()  # the second chunk reads weights learned from the first
+    for t in leaves:
+        assert t.grad is not None and t.grad[:, :6].abs().sum() > 0
