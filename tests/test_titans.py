@@ -91,3 +91,63 @@ def test_outer_parameters_get_gradients_through_the_inner_updates():
     reads[:, 6:].pow(2).sum().backward()  # the second chunk reads weights learned from the first
     for t in leaves:
         assert t.grad is not None and t.grad[:, :6].abs().sum() > 0
+
+
+# ---- the model -----------------------------------------------------------------------------------------------
+
+from memlab.models.base import state_nbytes  # noqa: E402
+from memlab.models.registry import build_model, make_config  # noqa: E402
+from memlab.stream import stream, unroll  # noqa: E402
+
+TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=2, segment_len=8, chunk=4)
+
+
+def _titans(seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_model(make_config("titans", **{**TINY, **kw})).eval()
+
+
+@pytest.mark.parametrize("kw", [dict(variant="mac"), dict(variant="lmm"), dict(variant="mac", mem_depth=3, chunk=2)])
+def test_titans_streaming_equals_one_whole_sequence_pass(kw):
+    """One call over 29 tokens (the model cuts its segments itself) equals the runner streaming 8-token
+    segments: the memory weights, momenta and conv tails carry everything across segments."""
+    m = _titans(**kw)
+    x = torch.randint(0, 61, (2, 29))
+    whole = m(x)
+    res = stream(m, x, [0, 13, 28])
+    torch.testing.assert_close(res.logits, whole.logits[:, [0, 13, 28]].detach(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(res.state.W, whole.state.W):
+        for wa, wb in zip(a, b):
+            torch.testing.assert_close(wa, wb.detach(), atol=1e-5, rtol=1e-5)
+    assert state_nbytes(stream(m, torch.randint(0, 61, (2, 200)), [199]).state) == state_nbytes(res.state)
+
+
+def test_titans_outer_parameters_learn_through_the_memory():
+    """A loss at the end of the third segment reaches the first segment's embeddings (only through the
+    memory: mac attends within a segment) and every memory projection and gate."""
+    m = _titans().train()
+    captured = []
+
+    def grab(mod, inp, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = m.embed.register_forward_hook(grab)
+    x = torch.randint(3, 61, (2, 24))
+    y = torch.full_like(x, -100)
+    y[:, -1] = 5
+    loss, _, _ = unroll(m, x, y)
+    loss.backward()
+    hook.remove()
+    assert captured[0].grad.abs().sum() > 0
+    for b in m.blocks:
+        mem = b.memory
+        for p in (mem.k.weight, mem.v.weight, mem.gates.weight, mem.init_weights[0]):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad, msg", [(dict(chunk=3), "chunk"), (dict(variant="mag2"), "allowed: mac, lmm"),
+                                      (dict(mem_depth=0), "mem_depth")])
+def test_titans_bad_options(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        build_model(make_config("titans", **{**TINY, **bad}))

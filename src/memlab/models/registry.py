@@ -6,6 +6,7 @@ import dataclasses
 from .armt import ARMT, ARMTConfig
 from .rmt import RMT, RMTConfig
 from .sleep import SleepConfig, SleepHybrid
+from .titans import Titans, TitansConfig
 from .transformer import Transformer, TransformerConfig
 
 MODELS = {
@@ -13,6 +14,7 @@ MODELS = {
     "rmt": (RMTConfig, RMT),
     "armt": (ARMTConfig, ARMT),
     "sleep": (SleepConfig, SleepHybrid),
+    "titans": (TitansConfig, Titans),
 }
 
 

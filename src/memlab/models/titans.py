@@ -131,3 +131,198 @@ def memory_chunks_reference(W: list, S: list, k, v, q, theta, eta, alpha, chunk:
             S = [g(eta) * m - g(theta) * ut for m, ut in zip(S, u)]
             W = [(1 - g(alpha)) * w + m for w, m in zip(W, S)]
     return torch.cat(reads, 1), W, S
+
+
+# ---- the model: neural memory per block, the variants on the (segment, state) contract ----------------------
+
+from dataclasses import dataclass, field  # noqa: E402
+
+from einops import rearrange  # noqa: E402
+from torch import nn  # noqa: E402
+
+from .base import ModelOutput, SequenceModel  # noqa: E402
+from .blocks import MLP, Attention, apply_rotary, init_weights, rotary_tables  # noqa: E402
+
+VARIANTS = ("mac", "lmm")
+
+
+@dataclass
+class TitansConfig:
+    vocab_size: int = 4096  # word-level vocabulary of the task tokenizer
+    d_model: int = 128  # residual width
+    n_layers: int = 3  # blocks, each with its own neural memory
+    n_heads: int = 4  # attention heads per block
+    mlp_mult: int = 4  # MLP hidden = mlp_mult * d_model
+    variant: str = "mac"  # mac: memory as context; lmm: the neural memory alone (no attention)
+    mem_depth: int = 2  # layers of the memory MLP (>= 1)
+    mem_mult: int = 2  # hidden width of the memory MLP = mem_mult * d_model
+    chunk: int = 16  # tokens per chunk of the parallel form (must divide segment_len)
+    num_persistent: int = 4  # learned persistent memory tokens every segment attends to (mac)
+    conv: int = 4  # depthwise causal conv kernel after the q, k, v projections of the memory (1 = none)
+    segment_len: int = 128  # tokens per segment (mac attends within a segment)
+    rope_base: float = 10000.0  # rotary base
+    kind: str = field(default="titans")  # registry name, saved in config.json
+
+
+@dataclass
+class TitansState:
+    W: list  # per block: the memory MLP's weights, [B, out, in] each
+    S: list  # per block: their momenta
+    tails: list  # per block: {stream name: [B, conv-1, D]} inputs the memory's convolutions still need
+
+
+def causal_dwconv(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor):
+    """Depthwise causal convolution: x [B, T, D], weight [D, K] (weight[:, 0] on the current token), tail
+    [B, K-1, D] the inputs before x. Returns (y [B, T, D], new tail)."""
+    xp = torch.cat((tail, x), dim=1)
+    y = (xp.unfold(1, weight.shape[1], 1) * weight.flip(-1)).sum(-1)
+    return y, xp[:, xp.shape[1] - (weight.shape[1] - 1):]
+
+
+class NeuralMemory(nn.Module):
+    """One block's long-term memory: q, k, v projections (depthwise causal conv, SiLU; q, k unit length,
+    section 4.4), the gates theta, eta, alpha from the input, the learned initial weights M_0, and an output
+    projection."""
+
+    STREAMS = ("q_read", "q", "k", "v")  # the sequences the convolutions see (their tails are state)
+
+    def __init__(self, c: TitansConfig):
+        super().__init__()
+        D, H = c.d_model, c.mem_mult * c.d_model
+        dims = [D] + [H] * (c.mem_depth - 1) + [D]
+        self.init_weights = nn.ParameterList(nn.Parameter(torch.randn(o, i) * i**-0.5) for i, o in zip(dims, dims[1:]))
+        self.q, self.k, self.v = (nn.Linear(D, D, bias=False) for _ in range(3))
+        self.kernel = max(c.conv, 1)
+        self.convs = nn.ParameterDict({s: nn.Parameter(torch.zeros(D, self.kernel)) for s in ("q", "k", "v")})
+        for w in self.convs.values():  # start as the identity (weight 1 on the current token)
+            w.data[:, 0] = 1.0
+        self.gates = nn.Linear(D, 3)  # theta, eta, alpha
+        with torch.no_grad():
+            self.gates.bias.copy_(torch.tensor([-2.0, 2.0, -4.0]))  # step 0.12, momentum 0.88, forgetting 0.018
+        self.out = nn.Linear(D, D, bias=False)
+        self.chunk = c.chunk
+
+    def init_state(self, B, device=None):
+        W = [w.to(device).unsqueeze(0).expand(B, -1, -1) for w in self.init_weights]
+        tails = {s: torch.zeros(B, self.kernel - 1, self.q.in_features, device=device) for s in self.STREAMS}
+        return W, [torch.zeros_like(w) for w in W], tails
+
+    def _proj(self, lin, name, x, tails, stream):
+        y, tails[stream] = causal_dwconv(lin(x), self.convs[name], tails[stream])
+        return F.silu(y)
+
+    def retrieve(self, x, W, tails):
+        """M*(q) with the current weights, no update: x [B, T, D] -> [B, T, D]."""
+        q = F.normalize(self._proj(self.q, "q", x, tails, "q_read"), dim=-1)
+        return self.out(mlp_forward(W, q))
+
+    def update(self, x, W, S, tails):
+        """Learn x [B, T, D] chunk by chunk; every token reads with its chunk's starting weights.
+        Returns (reads [B, T, D], W, S)."""
+        q = F.normalize(self._proj(self.q, "q", x, tails, "q"), dim=-1)
+        k = F.normalize(self._proj(self.k, "k", x, tails, "k"), dim=-1)
+        v = self._proj(self.v, "v", x, tails, "v")
+        theta, eta, alpha = torch.sigmoid(self.gates(x)).unbind(-1)
+        reads, W, S = memory_chunks(W, S, k, v, q, theta, eta, alpha, self.chunk)
+        return self.out(reads), W, S
+
+
+class TitansBlock(nn.Module):
+    def __init__(self, c: TitansConfig):
+        super().__init__()
+        self.variant = c.variant
+        self.norm1, self.norm2, self.norm3 = nn.RMSNorm(c.d_model), nn.RMSNorm(c.d_model), nn.RMSNorm(c.d_model)
+        self.memory = NeuralMemory(c)
+        self.attn = Attention(c.d_model, c.n_heads, c.rope_base) if c.variant == "mac" else None
+        self.persistent = nn.Parameter(torch.randn(c.num_persistent, c.d_model) * 0.02) if c.variant == "mac" else None
+        self.mlp = MLP(c.d_model, c.mlp_mult)
+
+    def forward(self, x, W, S, tails, rope):
+        if self.variant == "lmm":  # x + M(x), the memory learning from the block's input
+            reads, W, S = self.memory.update(self.norm1(x), W, S, tails)
+            x = x + reads
+        else:  # mac: retrieve -> attend over [persistent | retrieved | segment] -> learn from y -> y * M(y)
+            h = self.norm1(x)
+            retrieved = self.memory.retrieve(h, W, tails)  # h_t = M*_{t-1}(q_t)
+            a = self._attend(h, retrieved, rope)
+            y = x + a
+            reads, W, S = self.memory.update(self.norm2(y), W, S, tails)  # M_t = M_{t-1}(y_t)
+            x = y + a * reads  # o_t = y_t (x) M*_t(y_t), into the residual stream
+        return x + self.mlp(self.norm3(x)), W, S
+
+    def _attend(self, h, retrieved, rope):
+        """Segment tokens attend over the persistent tokens (always), the retrieved memory up to their own
+        position and the segment causally. (The paper's mask shows the retrieved tokens fully visible; they
+        are read with later tokens' queries, so a causal model must not see them early.)"""
+        B, T, D = h.shape
+        Np = self.persistent.shape[0]
+        seq = torch.cat((self.persistent.expand(B, -1, -1), retrieved, h), dim=1)
+        q, k, v = rearrange(self.attn.qkv(seq), "b n (three h d) -> three b h n d", three=3, h=self.attn.n_heads)
+        cos, sin = rope  # positions: persistent 0, retrieved j and segment j at j
+        pc, ps = cos[:1].expand(Np, -1), sin[:1].expand(Np, -1)
+        full = (torch.cat((pc, cos, cos)), torch.cat((ps, sin, sin)))
+        q, k = apply_rotary(q[:, :, Np + T:], cos, sin), apply_rotary(k, *full)
+        i = torch.arange(T, device=h.device)[:, None]
+        j = torch.arange(T, device=h.device)[None, :]
+        mask = torch.cat((torch.ones(T, Np, dtype=torch.bool, device=h.device), j <= i, j <= i), dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.attn.proj(rearrange(y, "b h t d -> b t (h d)"))
+
+
+class Titans(SequenceModel):
+    fixed_state = True  # memory weights, momenta and conv tails: the same size after every segment
+
+    def __init__(self, config: TitansConfig):
+        super().__init__()
+        c = self.config = config
+        checks = [(c.variant in VARIANTS, f"unknown Titans variant {c.variant!r}; allowed: {', '.join(VARIANTS)}"),
+                  (c.mem_depth >= 1, f"mem_depth must be >= 1, got {c.mem_depth}"),
+                  (c.chunk >= 1 and c.segment_len % c.chunk == 0,
+                   f"chunk ({c.chunk}) must divide segment_len ({c.segment_len}) so that chunks never straddle segments"),
+                  (c.num_persistent >= 0 and c.conv >= 1, "num_persistent must be >= 0 and conv >= 1")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.blocks = nn.ModuleList(TitansBlock(c) for _ in range(c.n_layers))
+        self.norm = nn.RMSNorm(c.d_model)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.weight  # tied
+        init_weights(self, c.n_layers)
+        for b in self.blocks:  # init_weights re-draws every matrix: restore the memory's own initialisation
+            for w in b.memory.init_weights:
+                nn.init.normal_(w, std=w.shape[1] ** -0.5)
+        self._rope: dict = {}
+
+    def init_state(self, batch_size: int, device=None) -> TitansState:
+        Ws, Ss, tails = zip(*(b.memory.init_state(batch_size, device) for b in self.blocks))
+        return TitansState(list(Ws), list(Ss), list(tails))
+
+    def forward(self, tokens: torch.Tensor, state: TitansState | None = None, return_logits: bool = True) -> ModelOutput:
+        """tokens [B, T]. Longer than segment_len: cut into segments as the runner cuts them (from the end), so
+        one call over a whole sequence equals streaming it (mac attends within a segment)."""
+        from ..stream import segment_bounds
+
+        state = state if state is not None else self.init_state(tokens.shape[0], tokens.device)
+        hs = []
+        for s, e in segment_bounds(tokens.shape[1], self.config.segment_len):
+            h, state = self._segment(tokens[:, s:e], state)
+            hs.append(h)
+        h = torch.cat(hs, 1)
+        return ModelOutput(self.lm_head(h) if return_logits else None, state, h)
+
+    def _segment(self, tokens, state):
+        T = tokens.shape[1]
+        key = (T, str(tokens.device))
+        if key not in self._rope:
+            self._rope[key] = rotary_tables(torch.arange(T, device=tokens.device), self.config.d_model // self.config.n_heads,
+                                            self.config.rope_base)
+        x = self.embed(tokens)
+        Ws, Ss, tails = [], [], []
+        for block, W, S, tail in zip(self.blocks, state.W, state.S, state.tails):
+            tail = dict(tail)
+            x, W, S = block(x, W, S, tail, self._rope[key])
+            Ws.append(W)
+            Ss.append(S)
+            tails.append(tail)
+        return self.norm(x), TitansState(Ws, Ss, tails)
