@@ -107,7 +107,8 @@ def _titans(seed=0, **kw):
     return build_model(make_config("titans", **{**TINY, **kw})).eval()
 
 
-@pytest.mark.parametrize("kw", [dict(variant="mac"), dict(variant="lmm"), dict(variant="mac", mem_depth=3, chunk=2)])
+@pytest.mark.parametrize("kw", [dict(variant="mac"), dict(variant="lmm"), dict(variant="mac", mem_depth=3, chunk=2),
+                                dict(variant="mag", window=5), dict(variant="mal", window=12)])
 def test_titans_streaming_equals_one_whole_sequence_pass(kw):
     """One call over 29 tokens (the model cuts its segments itself) equals the runner streaming 8-token
     segments: the memory weights, momenta and conv tails carry everything across segments."""
@@ -146,8 +147,20 @@ def test_titans_outer_parameters_learn_through_the_memory():
             assert p.grad is not None and p.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("bad, msg", [(dict(chunk=3), "chunk"), (dict(variant="mag2"), "allowed: mac, lmm"),
+@pytest.mark.parametrize("bad, msg", [(dict(chunk=3), "chunk"), (dict(variant="mag2"), "allowed: mac, mag, mal, lmm"),
                                       (dict(mem_depth=0), "mem_depth")])
 def test_titans_bad_options(bad, msg):
     with pytest.raises(ValueError, match=msg):
         build_model(make_config("titans", **{**TINY, **bad}))
+
+
+@pytest.mark.parametrize("variant", ["lmm", "mag", "mal"])
+def test_titans_one_long_segment_equals_streaming_short_segments(variant):
+    """Without mac's segment-local attention the segment length is only a runner setting: one 32-token
+    segment (one attention window over it, chunks of 4) equals streaming 8-token segments, the sliding
+    window's keys/values, the memory and the conv tails carried across."""
+    m = _titans(variant=variant, segment_len=32, window=6)
+    x = torch.randint(0, 61, (2, 32))
+    whole = m(x).logits
+    res = stream(m, x, list(range(32)), segment_len=8)
+    torch.testing.assert_close(res.logits, whole.detach(), atol=1e-5, rtol=1e-5)

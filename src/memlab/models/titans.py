@@ -141,9 +141,9 @@ from einops import rearrange  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .base import ModelOutput, SequenceModel  # noqa: E402
-from .blocks import MLP, Attention, apply_rotary, init_weights, rotary_tables  # noqa: E402
+from .blocks import MLP, Attention, apply_rotary, attention_mask, init_weights, rotary_tables  # noqa: E402
 
-VARIANTS = ("mac", "lmm")
+VARIANTS = ("mac", "mag", "mal", "lmm")
 
 
 @dataclass
@@ -153,11 +153,12 @@ class TitansConfig:
     n_layers: int = 3  # blocks, each with its own neural memory
     n_heads: int = 4  # attention heads per block
     mlp_mult: int = 4  # MLP hidden = mlp_mult * d_model
-    variant: str = "mac"  # mac: memory as context; lmm: the neural memory alone (no attention)
+    variant: str = "mac"  # mac: memory as context; mag: as a gate; mal: as a layer; lmm: the memory alone
+    window: int = 128  # mag, mal: sliding attention window (keys/values of the last window tokens are state)
     mem_depth: int = 2  # layers of the memory MLP (>= 1)
     mem_mult: int = 2  # hidden width of the memory MLP = mem_mult * d_model
     chunk: int = 16  # tokens per chunk of the parallel form (must divide segment_len)
-    num_persistent: int = 4  # learned persistent memory tokens every segment attends to (mac)
+    num_persistent: int = 4  # learned persistent memory tokens every query attends to (mac, mag, mal)
     conv: int = 4  # depthwise causal conv kernel after the q, k, v projections of the memory (1 = none)
     segment_len: int = 128  # tokens per segment (mac attends within a segment)
     rope_base: float = 10000.0  # rotary base
@@ -169,6 +170,9 @@ class TitansState:
     W: list  # per block: the memory MLP's weights, [B, out, in] each
     S: list  # per block: their momenta
     tails: list  # per block: {stream name: [B, conv-1, D]} inputs the memory's convolutions still need
+    keys: list | None = None  # mag, mal: per block [B, H, <= window, K] rotated keys of the last tokens
+    values: list | None = None  # mag, mal: per block, their values
+    pos: int = 0  # absolute position of the next token
 
 
 def causal_dwconv(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor):
@@ -227,51 +231,78 @@ class NeuralMemory(nn.Module):
         return self.out(reads), W, S
 
 
+def persistent_attention(attn: Attention, h, P, rope, cache=None, mask=None):
+    """Attention of h [B, T, D] over the persistent tokens P [Np, D] (position-free: scored with the
+    unrotated queries, always visible) and over [cache | h] (rotary, causal or `mask` [T, S+T]).
+    cache: (k, v) [B, H, S, K] of earlier tokens (rotated). Returns (y [B, T, D], (k, v) of [cache | h])."""
+    H = attn.n_heads
+    q, k, v = rearrange(attn.qkv(h), "b t (three h d) -> three b h t d", three=3, h=H)
+    qr, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+    if cache is not None:
+        k, v = torch.cat((cache[0], k), 2), torch.cat((cache[1], v), 2)
+    pk, pv = rearrange(attn.qkv(P)[:, attn.qkv.in_features:], "n (two h d) -> two h n d", two=2, h=H)
+    T, S = q.shape[2], k.shape[2]
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=h.device).tril(S - T)
+    scores = torch.cat((q @ pk.transpose(-1, -2), (qr @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))), -1)
+    w = (scores * attn.head_dim**-0.5).softmax(-1)
+    y = w[..., : pk.shape[1]] @ pv + w[..., pk.shape[1]:] @ v
+    return attn.proj(rearrange(y, "b h t d -> b t (h d)")), (k, v)
+
+
 class TitansBlock(nn.Module):
     def __init__(self, c: TitansConfig):
         super().__init__()
-        self.variant = c.variant
+        self.variant, self.window = c.variant, c.window
         self.norm1, self.norm2, self.norm3 = nn.RMSNorm(c.d_model), nn.RMSNorm(c.d_model), nn.RMSNorm(c.d_model)
         self.memory = NeuralMemory(c)
-        self.attn = Attention(c.d_model, c.n_heads, c.rope_base) if c.variant == "mac" else None
-        self.persistent = nn.Parameter(torch.randn(c.num_persistent, c.d_model) * 0.02) if c.variant == "mac" else None
+        attends = c.variant != "lmm"
+        self.attn = Attention(c.d_model, c.n_heads, c.rope_base) if attends else None
+        self.persistent = nn.Parameter(torch.randn(c.num_persistent, c.d_model) * 0.02) if attends else None
         self.mlp = MLP(c.d_model, c.mlp_mult)
 
-    def forward(self, x, W, S, tails, rope):
+    def forward(self, x, W, S, tails, rope, cache=None, mask=None):
+        """Returns (x, W, S, (k, v) or None)."""
+        kv = None
         if self.variant == "lmm":  # x + M(x), the memory learning from the block's input
             reads, W, S = self.memory.update(self.norm1(x), W, S, tails)
             x = x + reads
-        else:  # mac: retrieve -> attend over [persistent | retrieved | segment] -> learn from y -> y * M(y)
+        elif self.variant == "mac":  # retrieve -> attend over [persistent | retrieved | segment] -> learn from y
             h = self.norm1(x)
             retrieved = self.memory.retrieve(h, W, tails)  # h_t = M*_{t-1}(q_t)
-            a = self._attend(h, retrieved, rope)
+            a = self._attend_mac(h, retrieved, rope)
             y = x + a
             reads, W, S = self.memory.update(self.norm2(y), W, S, tails)  # M_t = M_{t-1}(y_t)
             x = y + a * reads  # o_t = y_t (x) M*_t(y_t), into the residual stream
-        return x + self.mlp(self.norm3(x)), W, S
+        elif self.variant == "mag":  # sliding-window attention and the memory side by side, gated
+            h = self.norm1(x)
+            a, kv = persistent_attention(self.attn, h, self.persistent, rope, cache, mask)
+            reads, W, S = self.memory.update(h, W, S, tails)
+            x = x + a * torch.sigmoid(reads)  # o = y (x) M(x)
+        else:  # mal: the memory as a layer, then sliding-window attention over its output
+            reads, W, S = self.memory.update(self.norm1(x), W, S, tails)
+            x = x + reads
+            a, kv = persistent_attention(self.attn, self.norm2(x), self.persistent, rope, cache, mask)
+            x = x + a
+        if kv is not None:
+            kv = (kv[0][:, :, -self.window:], kv[1][:, :, -self.window:])
+        return x + self.mlp(self.norm3(x)), W, S, kv
 
-    def _attend(self, h, retrieved, rope):
+    def _attend_mac(self, h, retrieved, rope):
         """Segment tokens attend over the persistent tokens (always), the retrieved memory up to their own
-        position and the segment causally. (The paper's mask shows the retrieved tokens fully visible; they
-        are read with later tokens' queries, so a causal model must not see them early.)"""
-        B, T, D = h.shape
-        Np = self.persistent.shape[0]
-        seq = torch.cat((self.persistent.expand(B, -1, -1), retrieved, h), dim=1)
-        q, k, v = rearrange(self.attn.qkv(seq), "b n (three h d) -> three b h n d", three=3, h=self.attn.n_heads)
-        cos, sin = rope  # positions: persistent 0, retrieved j and segment j at j
-        pc, ps = cos[:1].expand(Np, -1), sin[:1].expand(Np, -1)
-        full = (torch.cat((pc, cos, cos)), torch.cat((ps, sin, sin)))
-        q, k = apply_rotary(q[:, :, Np + T:], cos, sin), apply_rotary(k, *full)
-        i = torch.arange(T, device=h.device)[:, None]
-        j = torch.arange(T, device=h.device)[None, :]
-        mask = torch.cat((torch.ones(T, Np, dtype=torch.bool, device=h.device), j <= i, j <= i), dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.attn.proj(rearrange(y, "b h t d -> b t (h d)"))
+        position, and the segment causally. (The paper's mask shows the retrieved tokens fully visible; they
+        are read with later tokens' queries, so a causal model must not see them early.) Retrieved token j
+        has segment token j's position."""
+        T = h.shape[1]
+        q, k, v = rearrange(self.attn.qkv(torch.cat((retrieved, h), 1)), "b n (three h d) -> three b h n d", three=3,
+                            h=self.attn.n_heads)
+        cached = (apply_rotary(k[:, :, :T], *rope), v[:, :, :T])  # the retrieved memory as if it were cached
+        i, j = torch.arange(T, device=h.device)[:, None], torch.arange(T, device=h.device)[None, :]
+        y, _ = persistent_attention(self.attn, h, self.persistent, rope, cached, torch.cat((j <= i, j <= i), 1))
+        return y
 
 
 class Titans(SequenceModel):
-    fixed_state = True  # memory weights, momenta and conv tails: the same size after every segment
-
     def __init__(self, config: TitansConfig):
         super().__init__()
         c = self.config = config
@@ -279,7 +310,8 @@ class Titans(SequenceModel):
                   (c.mem_depth >= 1, f"mem_depth must be >= 1, got {c.mem_depth}"),
                   (c.chunk >= 1 and c.segment_len % c.chunk == 0,
                    f"chunk ({c.chunk}) must divide segment_len ({c.segment_len}) so that chunks never straddle segments"),
-                  (c.num_persistent >= 0 and c.conv >= 1, "num_persistent must be >= 0 and conv >= 1")]
+                  (c.num_persistent >= 0 and c.conv >= 1, "num_persistent must be >= 0 and conv >= 1"),
+                  (c.window >= 1, f"window must be >= 1, got {c.window}")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -294,9 +326,19 @@ class Titans(SequenceModel):
                 nn.init.normal_(w, std=w.shape[1] ** -0.5)
         self._rope: dict = {}
 
+    @property
+    def fixed_state(self) -> bool:
+        """mac, lmm: the same state size after every segment; mag, mal: until the window has filled."""
+        return self.config.variant in ("mac", "lmm")
+
     def init_state(self, batch_size: int, device=None) -> TitansState:
         Ws, Ss, tails = zip(*(b.memory.init_state(batch_size, device) for b in self.blocks))
-        return TitansState(list(Ws), list(Ss), list(tails))
+        keys = values = None
+        if self.config.variant in ("mag", "mal"):
+            c = self.config
+            empty = lambda: torch.zeros(batch_size, c.n_heads, 0, c.d_model // c.n_heads, device=device)  # noqa: E731
+            keys, values = [empty() for _ in self.blocks], [empty() for _ in self.blocks]
+        return TitansState(list(Ws), list(Ss), list(tails), keys, values, 0)
 
     def forward(self, tokens: torch.Tensor, state: TitansState | None = None, return_logits: bool = True) -> ModelOutput:
         """tokens [B, T]. Longer than segment_len: cut into segments as the runner cuts them (from the end), so
@@ -312,17 +354,30 @@ class Titans(SequenceModel):
         return ModelOutput(self.lm_head(h) if return_logits else None, state, h)
 
     def _segment(self, tokens, state):
-        T = tokens.shape[1]
-        key = (T, str(tokens.device))
-        if key not in self._rope:
-            self._rope[key] = rotary_tables(torch.arange(T, device=tokens.device), self.config.d_model // self.config.n_heads,
-                                            self.config.rope_base)
+        c, T = self.config, tokens.shape[1]
+        windowed = state.keys is not None
+        if windowed:  # absolute positions: the cached keys are rotated at theirs
+            cached = state.keys[0].shape[2]
+            q_pos = torch.arange(state.pos, state.pos + T, device=tokens.device)
+            k_pos = torch.arange(state.pos - cached, state.pos + T, device=tokens.device)
+            rope = rotary_tables(q_pos, c.d_model // c.n_heads, c.rope_base)
+            mask = attention_mask(q_pos, k_pos, c.window)
+        else:  # positions restart every segment
+            key = (T, str(tokens.device))
+            if key not in self._rope:
+                self._rope[key] = rotary_tables(torch.arange(T, device=tokens.device), c.d_model // c.n_heads, c.rope_base)
+            rope, mask = self._rope[key], None
         x = self.embed(tokens)
-        Ws, Ss, tails = [], [], []
-        for block, W, S, tail in zip(self.blocks, state.W, state.S, state.tails):
-            tail = dict(tail)
-            x, W, S = block(x, W, S, tail, self._rope[key])
+        Ws, Ss, tails, keys, values = [], [], [], [], []
+        for i, block in enumerate(self.blocks):
+            tail = dict(state.tails[i])
+            cache = (state.keys[i], state.values[i]) if windowed else None
+            x, W, S, kv = block(x, state.W[i], state.S[i], tail, rope, cache, mask)
             Ws.append(W)
             Ss.append(S)
             tails.append(tail)
-        return self.norm(x), TitansState(Ws, Ss, tails)
+            if windowed:
+                keys.append(kv[0])
+                values.append(kv[1])
+        new = TitansState(Ws, Ss, tails, keys if windowed else None, values if windowed else None, state.pos + T)
+        return self.norm(x), new
