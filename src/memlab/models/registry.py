@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from .armt import ARMT, ARMTConfig
+from .fam import FAM, FAMConfig
 from .rmt import RMT, RMTConfig
 from .sleep import SleepConfig, SleepHybrid
 from .titans import Titans, TitansConfig
@@ -15,6 +16,7 @@ MODELS = {
     "armt": (ARMTConfig, ARMT),
     "sleep": (SleepConfig, SleepHybrid),
     "titans": (TitansConfig, Titans),
+    "fam": (FAMConfig, FAM),
 }
 
 

@@ -1,0 +1,134 @@
+"""TransformerFAM (Hwang et al., arXiv:2404.09173): block sliding-window attention plus feedback attention
+memory, a transformer's working memory made of its own activations (no new weights but the initial FAM).
+
+The sequence is processed in blocks of `block` tokens. In every layer l, for block tau:
+- block queries attend to [the previous FAM of layer l | the memory segment (keys/values of the last
+  `mem_blocks` blocks at layer l) | the current block, causally];
+- the F FAM queries (the previous FAM of layer l) attend to [the previous FAM | the current block] and pass
+  through the layer's own feed-forward: the result is layer l's FAM for block tau + 1 (Algorithm 2).
+FAM tokens sit at positions just after the block they summarise. The initial FAM is learned. The state is
+the FAM activations per layer plus the memory segment's keys/values: it stops growing after `mem_blocks`
+blocks. With F = 0 this is block sliding-window attention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .base import ModelOutput, SequenceModel
+from .blocks import MLP, Attention, apply_rotary, init_weights, rotary_tables
+
+
+@dataclass
+class FAMConfig:
+    vocab_size: int = 4096  # word-level vocabulary of the task tokenizer
+    d_model: int = 128  # residual width
+    n_layers: int = 3  # blocks of the transformer
+    n_heads: int = 4  # attention heads per layer
+    mlp_mult: int = 4  # MLP hidden = mlp_mult * d_model
+    block: int = 64  # tokens per attention block
+    mem_blocks: int = 1  # previous blocks whose keys/values every block also attends to (the memory segment)
+    num_fam: int = 8  # F feedback-memory tokens per layer (0 = block sliding-window attention)
+    segment_len: int = 128  # tokens per runner segment (a multiple of block)
+    rope_base: float = 10000.0  # rotary base
+    kind: str = field(default="fam")  # registry name, saved in config.json
+
+
+@dataclass
+class FAMState:
+    fam: torch.Tensor  # [B, L, F, D] each layer's FAM (its input for the next block)
+    keys: list  # per layer [B, H, <= mem_blocks * block, K] rotated keys of the memory segment
+    values: list  # per layer, their values
+    pos: int = 0  # absolute position of the next token
+
+
+class FAMLayer(nn.Module):
+    def __init__(self, c: FAMConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.RMSNorm(c.d_model), nn.RMSNorm(c.d_model)
+        self.attn = Attention(c.d_model, c.n_heads, c.rope_base)
+        self.mlp = MLP(c.d_model, c.mlp_mult)
+
+    def forward(self, x, fam, cache, rope_x, rope_fam_prev, rope_fam_new):
+        """x [B, T, D] one block; fam [B, F, D]; cache (k, v) of the memory segment. Returns the block's
+        output, the next FAM, and the block's own (k, v)."""
+        H, (B, T, _), Fn = self.attn.n_heads, x.shape, fam.shape[1]
+        h, hf = self.norm1(x), self.norm1(fam)
+        q, k, v = rearrange(self.attn.qkv(h), "b t (three h d) -> three b h t d", three=3, h=H)
+        qf, kf, vf = rearrange(self.attn.qkv(hf), "b t (three h d) -> three b h t d", three=3, h=H)
+        q, k = apply_rotary(q, *rope_x), apply_rotary(k, *rope_x)
+        kf = apply_rotary(kf, *rope_fam_prev)
+        qf = apply_rotary(qf, *rope_fam_new)  # the FAM queries sit after the block they summarise
+        M = cache[0].shape[2]
+        keys, vals = torch.cat((kf, cache[0], k), 2), torch.cat((vf, cache[1], v), 2)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        ones = lambda n, m: torch.ones(n, m, dtype=torch.bool, device=x.device)  # noqa: E731
+        block_mask = torch.cat((ones(T, Fn), ones(T, M), causal), 1)
+        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=block_mask)
+        x = x + self.attn.proj(rearrange(y, "b h t d -> b t (h d)"))
+        x = x + self.mlp(self.norm2(x))
+        if Fn:  # FAM queries over [previous FAM | current block]; the same feed-forward
+            yf = F.scaled_dot_product_attention(qf, torch.cat((kf, k), 2), torch.cat((vf, v), 2))
+            fam = fam + self.attn.proj(rearrange(yf, "b h t d -> b t (h d)"))
+            fam = fam + self.mlp(self.norm2(fam))
+        return x, fam, (k, v)
+
+
+class FAM(SequenceModel):
+    def __init__(self, config: FAMConfig):
+        super().__init__()
+        c = self.config = config
+        checks = [(c.block >= 1 and c.segment_len % c.block == 0,
+                   f"block ({c.block}) must be >= 1 and divide segment_len ({c.segment_len})"),
+                  (0 <= c.num_fam <= c.block, f"num_fam (F) must lie in [0, block={c.block}], got {c.num_fam}"),
+                  (c.mem_blocks >= 0, f"mem_blocks must be >= 0, got {c.mem_blocks}")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.fam_init = nn.Parameter(torch.randn(c.n_layers, c.num_fam, c.d_model) * 0.02)  # the only new weights
+        self.layers = nn.ModuleList(FAMLayer(c) for _ in range(c.n_layers))
+        self.norm = nn.RMSNorm(c.d_model)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.weight  # tied
+        init_weights(self, c.n_layers)
+
+    def init_state(self, batch_size: int, device=None) -> FAMState:
+        c, hd = self.config, self.config.d_model // self.config.n_heads
+        empty = lambda: torch.zeros(batch_size, c.n_heads, 0, hd, device=device)  # noqa: E731
+        fam = self.fam_init.to(device).unsqueeze(0).expand(batch_size, -1, -1, -1)
+        return FAMState(fam, [empty() for _ in self.layers], [empty() for _ in self.layers], 0)
+
+    def _rope(self, start: int, n: int, device):
+        return rotary_tables(torch.arange(start, start + n, device=device), self.config.d_model // self.config.n_heads,
+                             self.config.rope_base)
+
+    def forward(self, tokens: torch.Tensor, state: FAMState | None = None, return_logits: bool = True) -> ModelOutput:
+        """tokens [B, T], any T: processed in blocks of `block` cut from the end, as the runner cuts its
+        segments (a whole number of blocks), so that streaming equals one whole-sequence pass."""
+        from ..stream import segment_bounds
+
+        c = self.config
+        B, T = tokens.shape
+        state = state if state is not None else self.init_state(B, tokens.device)
+        fam, keys, values, pos = list(state.fam.unbind(1)), list(state.keys), list(state.values), state.pos
+        x_all, outs = self.embed(tokens), []
+        keep = c.mem_blocks * c.block
+        for s, e in segment_bounds(T, c.block):  # cut from the end, as the runner cuts its segments
+            x, n = x_all[:, s:e], e - s
+            rx = self._rope(pos, n, tokens.device)
+            rf_prev = self._rope(pos - c.num_fam, c.num_fam, tokens.device)  # after the previous block
+            rf_new = self._rope(pos + n, c.num_fam, tokens.device)  # after this one
+            for i, layer in enumerate(self.layers):
+                x, fam[i], (k, v) = layer(x, fam[i], (keys[i], values[i]), rx, rf_prev, rf_new)
+                keys[i] = torch.cat((keys[i], k), 2)[:, :, -keep:] if keep else k[:, :, :0]
+                values[i] = torch.cat((values[i], v), 2)[:, :, -keep:] if keep else v[:, :, :0]
+            outs.append(x)
+            pos += n
+        h = self.norm(torch.cat(outs, 1))
+        new = FAMState(torch.stack(fam, 1), keys, values, pos)
+        return ModelOutput(self.lm_head(h) if return_logits else None, new, h)

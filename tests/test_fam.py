@@ -1,0 +1,75 @@
+"""TransformerFAM (arXiv:2404.09173): block sliding-window attention plus feedback attention memory."""
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from memlab.models.base import state_nbytes
+from memlab.models.blocks import apply_rotary, rotary_tables
+from memlab.models.registry import build_model, make_config
+from memlab.stream import segment_bounds, stream
+
+TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=2, block=4, segment_len=8, num_fam=3)
+
+
+def _fam(seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_model(make_config("fam", **{**TINY, **kw})).eval()
+
+
+def _block_swa_reference(m, x):
+    """Block sliding-window attention over the whole sequence at once, with an explicit mask: token i sees
+    token j <= i when j's block is i's block or one of the mem_blocks before it."""
+    T = x.shape[1]
+    block_of = torch.zeros(T, dtype=torch.long)
+    for b, (s, e) in enumerate(segment_bounds(T, m.config.block)):
+        block_of[s:e] = b
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    mask = (j <= i) & (block_of[None, :] >= block_of[:, None] - m.config.mem_blocks)
+    rope = rotary_tables(torch.arange(T), m.config.d_model // m.config.n_heads)
+    h = m.embed(x)
+    for layer in m.layers:
+        q, k, v = rearrange(layer.attn.qkv(layer.norm1(h)), "b t (three h d) -> three b h t d", three=3, h=m.config.n_heads)
+        y = F.scaled_dot_product_attention(apply_rotary(q, *rope), apply_rotary(k, *rope), v, attn_mask=mask)
+        h = h + layer.attn.proj(rearrange(y, "b h t d -> b t (h d)"))
+        h = h + layer.mlp(layer.norm2(h))
+    return m.lm_head(m.norm(h))
+
+
+@pytest.mark.parametrize("mem_blocks", [0, 1, 2])
+def test_without_fam_it_is_block_sliding_window_attention(mem_blocks):
+    m = _fam(num_fam=0, mem_blocks=mem_blocks)
+    x = torch.randint(0, 61, (2, 23))
+    torch.testing.assert_close(m(x).logits, _block_swa_reference(m, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(mem_blocks=2, num_fam=4)])
+def test_streaming_equals_one_whole_sequence_pass_and_state_stops_growing(kw):
+    m = _fam(**kw)
+    x = torch.randint(0, 61, (2, 29))
+    whole = m(x)
+    res = stream(m, x, list(range(29)))
+    torch.testing.assert_close(res.logits, whole.logits.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(res.state.fam, whole.state.fam.detach(), atol=1e-5, rtol=1e-5)
+    sizes = {state_nbytes(stream(m, torch.randint(0, 61, (2, L)), [L - 1]).state) for L in (64, 200, 400)}
+    assert len(sizes) == 1  # FAM plus the memory segment: the same size at every length
+
+
+def test_fam_carries_information_beyond_the_window():
+    """With no memory segment a block sees only itself and the FAM: a change in the first block still
+    reaches the last block's output, through the feedback memory alone; without FAM it cannot."""
+    x = torch.randint(3, 61, (1, 24))
+    y = x.clone()
+    y[:, 0] = (y[:, 0] + 1) % 61
+    with torch.no_grad():
+        m = _fam(mem_blocks=0)
+        assert (m(x).logits[:, -4:] - m(y).logits[:, -4:]).abs().max() > 1e-5
+        m0 = _fam(mem_blocks=0, num_fam=0)
+        torch.testing.assert_close(m0(x).logits[:, -4:], m0(y).logits[:, -4:])
+
+
+@pytest.mark.parametrize("bad, msg", [(dict(num_fam=5), "num_fam"), (dict(block=3), "divide segment_len"),
+                                      (dict(mem_blocks=-1), "mem_blocks")])
+def test_fam_bad_options(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        build_model(make_config("fam", **{**TINY, **bad}))
