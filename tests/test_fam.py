@@ -28,7 +28,7 @@ def _block_swa_reference(m, x):
     mask = (j <= i) & (block_of[None, :] >= block_of[:, None] - m.config.mem_blocks)
     rope = rotary_tables(torch.arange(T), m.config.d_model // m.config.n_heads)
     h = m.embed(x)
-    for layer in m.layers:
+    for layer in m.blocks:
         q, k, v = rearrange(layer.attn.qkv(layer.norm1(h)), "b t (three h d) -> three b h t d", three=3, h=m.config.n_heads)
         y = F.scaled_dot_product_attention(apply_rotary(q, *rope), apply_rotary(k, *rope), v, attn_mask=mask)
         h = h + layer.attn.proj(rearrange(y, "b h t d -> b t (h d)"))

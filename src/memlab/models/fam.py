@@ -91,7 +91,7 @@ class FAM(SequenceModel):
                 raise ValueError(msg)
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.fam_init = nn.Parameter(torch.randn(c.n_layers, c.num_fam, c.d_model) * 0.02)  # the only new weights
-        self.layers = nn.ModuleList(FAMLayer(c) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(FAMLayer(c) for _ in range(c.n_layers))  # named as RMT's: warm starts carry over
         self.norm = nn.RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight  # tied
@@ -101,7 +101,7 @@ class FAM(SequenceModel):
         c, hd = self.config, self.config.d_model // self.config.n_heads
         empty = lambda: torch.zeros(batch_size, c.n_heads, 0, hd, device=device)  # noqa: E731
         fam = self.fam_init.to(device).unsqueeze(0).expand(batch_size, -1, -1, -1)
-        return FAMState(fam, [empty() for _ in self.layers], [empty() for _ in self.layers], 0)
+        return FAMState(fam, [empty() for _ in self.blocks], [empty() for _ in self.blocks], 0)
 
     def _rope(self, start: int, n: int, device):
         return rotary_tables(torch.arange(start, start + n, device=device), self.config.d_model // self.config.n_heads,
@@ -123,7 +123,7 @@ class FAM(SequenceModel):
             rx = self._rope(pos, n, tokens.device)
             rf_prev = self._rope(pos - c.num_fam, c.num_fam, tokens.device)  # after the previous block
             rf_new = self._rope(pos + n, c.num_fam, tokens.device)  # after this one
-            for i, layer in enumerate(self.layers):
+            for i, layer in enumerate(self.blocks):
                 x, fam[i], (k, v) = layer(x, fam[i], (keys[i], values[i]), rx, rf_prev, rf_new)
                 keys[i] = torch.cat((keys[i], k), 2)[:, :, -keep:] if keep else k[:, :, :0]
                 values[i] = torch.cat((values[i], v), 2)[:, :, -keep:] if keep else v[:, :, :0]
