@@ -1,0 +1,59 @@
+"""Accuracy against consolidation passes: a sleep checkpoint evaluated with N = 0, 1, 2, 4, 8 passes per chunk
+(its window fixed by its segment length), on BABILong tasks at fixed lengths, with 95% intervals and the FLOPs
+each point spends on prediction and on consolidation per sample.
+
+    python benchmarks/sleep_curve.py runs/sleep-qa2 --tasks 2,3 --lengths 1k,2k --samples 100
+        # -> benchmarks/results/sleep_curve.json (cells also in benchmarks/results/sleep_curve.sqlite)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+
+from memlab.checkpoint import load_checkpoint  # noqa: E402
+from memlab.cli import _books_default  # noqa: E402
+from memlab.evaluate import EvalSpec, evaluate_checkpoint, model_name  # noqa: E402
+from memlab.store import ResultStore  # noqa: E402
+from memlab.tasks.babilong import parse_lengths  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("--passes", default="0,1,2,4,8")
+    p.add_argument("--tasks", default="2,3", help="bAbI task numbers")
+    p.add_argument("--lengths", default="1k,2k")
+    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--babi-dir", default=str(ROOT.parent / "shared" / "data" / "babi"))
+    p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "sleep_curve.sqlite"))
+    a = p.parse_args(argv)
+    model, tok, _ = load_checkpoint(a.checkpoint)
+    if model.config.kind != "sleep":
+        raise SystemExit(f"{a.checkpoint} is a {model.config.kind!r} checkpoint; this benchmark needs a 'sleep' one")
+    base = model_name(a.checkpoint)
+    spec = EvalSpec([int(t) for t in a.tasks.split(",")], parse_lengths(a.lengths), a.samples, a.batch_size, 0,
+                    _books_default() or None, a.babi_dir if Path(a.babi_dir).is_dir() else None)
+    rows = []
+    with ResultStore(a.store) as store:
+        for n in [int(x) for x in a.passes.split(",")]:
+            model.config.sleep_passes = n  # evaluation mode uses sleep_passes for every chunk
+            evaluate_checkpoint(f"{base}@N={n}", model, tok, spec, store)
+        for c in store.cells():
+            if c.model.startswith(base + "@N="):
+                rows.append({"passes": int(c.model.split("=")[-1]), "task": c.task, "length": c.length, "samples": c.samples,
+                             "accuracy": c.accuracy, "ci_low": c.ci_low, "ci_high": c.ci_high, **(c.extra or {})})
+    rows.sort(key=lambda r: (r["task"], r["length"], r["passes"]))
+    for r in rows:
+        print(r)
+    print(write_result("sleep_curve", {"checkpoint": a.checkpoint, "window": model.config.segment_len, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
