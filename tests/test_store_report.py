@@ -224,3 +224,17 @@ def test_report_empty_store_is_clear_error(tmp_path):
     with ResultStore(tmp_path / "r.sqlite") as store:
         with pytest.raises(ValueError, match="no results in .*run memlab eval first"):
             write_report(store, tmp_path / "out")
+
+
+def test_report_plots_accuracy_against_consolidation_only_when_cells_report_it(tmp_path):
+    with ResultStore(tmp_path / "plain.sqlite") as store:
+        store.put(make_cell())
+    assert "consolidation" not in write_report(tmp_path / "plain.sqlite", tmp_path / "plain")
+    with ResultStore(tmp_path / "sleep.sqlite") as store:
+        for n, acc in ((0, 0.3), (1, 0.4), (4, 0.6)):
+            store.put(make_cell(model=f"sleep-qa2@N={n}", task="babilong:qa2", accuracy=acc,
+                                extra={"flops_predict_per_sample": 1e9, "flops_sleep_per_sample": n * 1e9}))
+    paths = write_report(tmp_path / "sleep.sqlite", tmp_path / "sleep")
+    assert paths["consolidation"].read_bytes().startswith(PNG_MAGIC)
+    assert "accuracy_vs_consolidation.png" in paths["report_md"].read_text()
+    assert "accuracy_vs_consolidation.png" in paths["report_html"].read_text()

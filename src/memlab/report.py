@@ -370,6 +370,37 @@ def _time_per_token_plot(cells: list[Cell]):
     )
 
 
+def _consolidation(c: Cell) -> float | None:
+    return (c.extra or {}).get("flops_sleep_per_sample") if c.status == "ok" else None
+
+
+def _consolidation_plot(cells: list[Cell]):
+    """Accuracy (95% interval) against the FLOPs per sample spent on consolidation, one line per model
+    family ('name@N=...' cells of one checkpoint), task and length; each point labelled with its N."""
+    fig = _figure(7.5, 4.5)
+    ax = fig.add_subplot()
+    series: dict = {}
+    for c in cells:
+        if _consolidation(c) is not None:
+            series.setdefault((c.model.split("@")[0], c.task, c.length), []).append(c)
+    for (model, task, length), cs in sorted(series.items()):
+        cs.sort(key=_consolidation)
+        x = [_consolidation(c) for c in cs]
+        y = [c.accuracy for c in cs]
+        err = [[a - c.ci_low for a, c in zip(y, cs)], [c.ci_high - a for a, c in zip(y, cs)]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{model} {task} {format_length(length)}")
+        for xi, yi, c in zip(x, y, cs):
+            if "@N=" in c.model:
+                ax.annotate("N=" + c.model.split("@N=")[1], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("symlog", linthresh=max(1.0, min((v for v in (_consolidation(c) for c in cells) if v), default=1.0)))
+    ax.set_xlabel("consolidation FLOPs per sample")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Accuracy vs consolidation compute")
+    ax.legend(fontsize=8)
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------
 # documents
 
@@ -378,6 +409,12 @@ _PLOTS = [
     ("state_bytes", "state_bytes.png", "Memory state size vs context length"),
     ("time_per_token", "time_per_token.png", "Time per token vs context length"),
 ]
+
+
+def _plots_for(cells: list[Cell]) -> list:
+    """The standard plots, plus accuracy against consolidation compute when cells report it (sleep)."""
+    extra = [("consolidation", "accuracy_vs_consolidation.png", "Accuracy vs consolidation compute")]
+    return _PLOTS + (extra if any(_consolidation(c) is not None for c in cells) else [])
 
 
 def _intro(cells: list[Cell], store: ResultStore) -> str:
@@ -400,7 +437,7 @@ def _md_escape(s: str) -> str:
 
 def _markdown(title: str, intro: str, cells: list[Cell]) -> str:
     lines = [f"# {title}", "", intro, ""]
-    for _, fname, caption in _PLOTS:
+    for _, fname, caption in _plots_for(cells):
         lines += [f"## {caption}", "", f"![{caption}]({fname})", ""]
     lines += ["## Accuracy by length", ""]
     for task, (models, lengths, grid) in _accuracy_matrix(cells).items():
@@ -440,7 +477,7 @@ def _html(title: str, intro: str, cells: list[Cell]) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
            f"<h1>{e(title)}</h1>", f"<p>{e(intro)}</p>"]
-    for _, fname, caption in _PLOTS:
+    for _, fname, caption in _plots_for(cells):
         out += [f"<h2>{e(caption)}</h2>",
                 f'<figure><img src="{e(fname)}" alt="{e(caption)}"></figure>']
     out.append("<h2>Accuracy by length</h2>")
@@ -486,8 +523,8 @@ def write_report(store: ResultStore | str | Path, out_dir: str | Path,
 
     paths: dict[str, Path] = {}
     builders = {"accuracy_heatmap": _heatmap, "state_bytes": _state_bytes_plot,
-                "time_per_token": _time_per_token_plot}
-    for name, fname, _ in _PLOTS:
+                "time_per_token": _time_per_token_plot, "consolidation": _consolidation_plot}
+    for name, fname, _ in _plots_for(cells):
         fig = builders[name](cells)
         paths[name] = _save_figure(fig, out / fname)
     intro = _intro(cells, store)
