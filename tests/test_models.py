@@ -5,6 +5,8 @@ from memlab.models.base import state_nbytes
 from memlab.models.registry import build_model, known_models, make_config
 from memlab.stream import segment_bounds, stream, unroll
 
+from helpers import embedding_grads
+
 TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=2)
 
 
@@ -91,21 +93,7 @@ def test_rmt_memory_carries_information_across_segments():
 
 
 def _first_segment_grad(model, depth, n_seg=4, seg=8):
-    captured = []
-
-    def keep(mod, inp, out):
-        if out.requires_grad:  # segments no loss can reach run without autograd
-            out.retain_grad()
-        captured.append(out)
-
-    hook = model.embed.register_forward_hook(keep)
-    x = torch.randint(3, 61, (2, n_seg * seg))
-    y = torch.full_like(x, -100)
-    y[:, -1] = 5
-    loss, _, _ = unroll(model, x, y, bptt_depth=depth)
-    loss.backward()
-    hook.remove()
-    return [None if c.grad is None else c.grad.abs().sum().item() for c in captured]
+    return embedding_grads(model, torch.randint(3, 61, (2, n_seg * seg)), depth)
 
 
 @pytest.mark.parametrize("kind", ["rmt", "transformer"])

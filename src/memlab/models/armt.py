@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .base import ModelOutput, SequenceModel
+from .base import ModelOutput, SequenceModel, check_options
 from .blocks import Block, RecencyFeatures, init_weights, rotary_tables
 
 EPS = 1e-5  # keeps the normaliser away from zero where nothing was written
@@ -115,9 +115,7 @@ class ARMT(SequenceModel):
                   (c.d_model % c.assoc_heads == 0, f"d_model ({c.d_model}) must be divisible by assoc_heads ({c.assoc_heads})"),
                   (c.dpfp_nu >= 1, f"dpfp_nu must be >= 1, got {c.dpfp_nu}")]
         checks.append((c.num_sink >= 0, f"num_sink must be >= 0, got {c.num_sink}"))
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+        check_options(checks)
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.memory = nn.Parameter(torch.randn(c.num_mem, c.d_model) * 0.02)
         self.sink = nn.Parameter(torch.randn(c.num_sink, c.d_model) * 0.02) if c.num_sink else None

@@ -99,3 +99,10 @@ def transfer_weights(src: nn.Module, dst: nn.Module) -> tuple[list[str], list[st
         raise ValueError(f"{type(src).__name__} and {type(dst).__name__} share no weights (same name and shape)")
     dst.load_state_dict({**dst_sd, **{k: src_sd[name[k]] for k in taken}})
     return taken, [k for k in dst_sd if k not in set(taken)]
+
+
+def check_options(checks) -> None:
+    """Raise ValueError with the message of the first (ok, message) pair that is not ok."""
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .base import ModelOutput, SequenceModel
+from .base import ModelOutput, SequenceModel, check_options
 from .blocks import MLP, Attention, apply_rotary, init_weights, rotary_tables
 
 
@@ -56,7 +56,7 @@ class FAMLayer(nn.Module):
     def forward(self, x, fam, cache, rope_x, rope_fam_prev, rope_fam_new):
         """x [B, T, D] one block; fam [B, F, D]; cache (k, v) of the memory segment. Returns the block's
         output, the next FAM, and the block's own (k, v)."""
-        H, (B, T, _), Fn = self.attn.n_heads, x.shape, fam.shape[1]
+        H, T, Fn = self.attn.n_heads, x.shape[1], fam.shape[1]
         h, hf = self.norm1(x), self.norm1(fam)
         q, k, v = rearrange(self.attn.qkv(h), "b t (three h d) -> three b h t d", three=3, h=H)
         qf, kf, vf = rearrange(self.attn.qkv(hf), "b t (three h d) -> three b h t d", three=3, h=H)
@@ -86,9 +86,7 @@ class FAM(SequenceModel):
                    f"block ({c.block}) must be >= 1 and divide segment_len ({c.segment_len})"),
                   (0 <= c.num_fam <= c.block, f"num_fam (F) must lie in [0, block={c.block}], got {c.num_fam}"),
                   (c.mem_blocks >= 0, f"mem_blocks must be >= 0, got {c.mem_blocks}")]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+        check_options(checks)
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.fam_init = nn.Parameter(torch.randn(c.n_layers, c.num_fam, c.d_model) * 0.02)  # the only new weights
         self.blocks = nn.ModuleList(FAMLayer(c) for _ in range(c.n_layers))  # named as RMT's: warm starts carry over

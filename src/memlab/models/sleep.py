@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .base import ModelOutput, SequenceModel
+from .base import ModelOutput, SequenceModel, check_options
 from .blocks import MLP, Attention, RecencyFeatures, ShortConv, init_weights, masked_distance, rotary_tables
 
 
@@ -144,9 +144,7 @@ class SleepHybrid(SequenceModel):
                    f"train_passes must be [lo, hi] with 0 <= lo <= hi, got {lo_hi}"),
                   (c.window is None or 1 <= c.window <= c.segment_len,
                    f"window must lie in [1, segment_len={c.segment_len}] (attention never sees past the chunk), got {c.window}")]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+        check_options(checks)
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.blocks = nn.ModuleList(HybridBlock(c) for _ in range(c.n_layers))
         self.norm = nn.RMSNorm(c.d_model)

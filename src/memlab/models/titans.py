@@ -140,7 +140,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from einops import rearrange  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .base import ModelOutput, SequenceModel  # noqa: E402
+from .base import ModelOutput, SequenceModel, check_options  # noqa: E402
 from .blocks import MLP, Attention, apply_rotary, attention_mask, init_weights, rotary_tables  # noqa: E402
 
 VARIANTS = ("mac", "mag", "mal", "lmm")
@@ -312,9 +312,7 @@ class Titans(SequenceModel):
                    f"chunk ({c.chunk}) must divide segment_len ({c.segment_len}) so that chunks never straddle segments"),
                   (c.num_persistent >= 0 and c.conv >= 1, "num_persistent must be >= 0 and conv >= 1"),
                   (c.window >= 1, f"window must be >= 1, got {c.window}")]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+        check_options(checks)
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.blocks = nn.ModuleList(TitansBlock(c) for _ in range(c.n_layers))
         self.norm = nn.RMSNorm(c.d_model)
