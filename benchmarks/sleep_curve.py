@@ -32,11 +32,14 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--babi-dir", default=str(ROOT.parent / "shared" / "data" / "babi"))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default="sleep_curve", help="result name under benchmarks/results/")
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "sleep_curve.sqlite"))
     a = p.parse_args(argv)
     model, tok, _ = load_checkpoint(a.checkpoint)
     if model.config.kind != "sleep":
         raise SystemExit(f"{a.checkpoint} is a {model.config.kind!r} checkpoint; this benchmark needs a 'sleep' one")
+    model.to(a.device)
     base = model_name(a.checkpoint)
     spec = EvalSpec([int(t) for t in a.tasks.split(",")], parse_lengths(a.lengths), a.samples, a.batch_size, 0,
                     _books_default() or None, a.babi_dir if Path(a.babi_dir).is_dir() else None)
@@ -52,7 +55,7 @@ def main(argv=None):
     rows.sort(key=lambda r: (r["task"], r["length"], r["passes"]))
     for r in rows:
         print(r)
-    print(write_result("sleep_curve", {"checkpoint": a.checkpoint, "window": model.config.segment_len, "rows": rows}))
+    print(write_result(a.out, {"checkpoint": a.checkpoint, "window": model.config.segment_len, "rows": rows}))
 
 
 if __name__ == "__main__":

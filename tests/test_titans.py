@@ -137,7 +137,7 @@ def test_titans_outer_parameters_learn_through_the_memory():
 
 
 @pytest.mark.parametrize("bad, msg", [(dict(chunk=3), "chunk"), (dict(variant="mag2"), "allowed: mac, mag, mal, lmm"),
-                                      (dict(mem_depth=0), "mem_depth")])
+                                      (dict(mem_depth=0), "mem_depth"), (dict(max_lr=0.0), "max_lr")])
 def test_titans_bad_options(bad, msg):
     with pytest.raises(ValueError, match=msg):
         build_model(make_config("titans", **{**TINY, **bad}))
@@ -153,3 +153,36 @@ def test_titans_one_long_segment_equals_streaming_short_segments(variant):
     whole = m(x).logits
     res = stream(m, x, list(range(32)), segment_len=8)
     torch.testing.assert_close(res.logits, whole.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_titans_memory_starts_as_initialised_and_bounds_its_step():
+    """The model-wide GPT-2 init must not overwrite the memory's own: convolutions start as the identity, the
+    gates at step max_lr / 2 and slow forgetting; the step stays below max_lr whatever the gate's input."""
+    m = _titans(max_lr=0.02)
+    for b in m.blocks:
+        for w in b.memory.convs.values():
+            assert torch.equal(w[:, 0], torch.ones(w.shape[0])) and not w[:, 1:].any()
+        theta, eta, alpha = torch.sigmoid(b.memory.gates.bias).tolist()
+        assert theta == pytest.approx(0.5) and eta > 0.8 and alpha < 1e-3
+    seen = []
+    orig = memory_chunks.__globals__["memory_chunks"]
+    mod = __import__("memlab.models.titans", fromlist=["x"])
+    mod.memory_chunks = lambda W, S, k, v, q, th, *a, **kw: (seen.append(th.max().item()), orig(W, S, k, v, q, th, *a, **kw))[1]
+    try:
+        with torch.no_grad():
+            m.blocks[0].memory.gates.bias.fill_(50.0)
+            m(torch.randint(0, 61, (2, 8)))
+    finally:
+        mod.memory_chunks = orig
+    assert seen and max(seen) <= 0.02 + 1e-9
+
+
+def test_titans_memory_stays_finite_over_a_long_stream():
+    """At initialisation, 4k tokens of varied input through the memory: the weights stay finite and are not
+    wiped to zero (a zero deep memory gets zero gradients and never learns again)."""
+    m = _titans(segment_len=64, chunk=16)
+    res = stream(m, torch.randint(0, 61, (2, 4096)), [4095])
+    for W in res.state.W:
+        for w in W:
+            assert torch.isfinite(w).all() and w.norm() > 1e-2
+    assert torch.isfinite(res.logits).all()

@@ -197,3 +197,35 @@ def test_demo_train_runs_the_whole_recipe_chain_then_evaluates_and_reports(tmp_p
     assert {c["model"] for c in results["cells"]} == set(demo.DEMO_MODELS)
     assert all(c["samples"] == 2 for c in results["cells"])
     assert paths["report_md"].is_file()
+
+
+def test_a_non_finite_loss_skips_the_update_and_keeps_the_weights_finite(tmp_path, monkeypatch):
+    import memlab.train as T
+
+    calls, real = [], T.unroll
+
+    def flaky(model, *a, **kw):
+        loss, acc, n = real(model, *a, **kw)
+        calls.append(1)
+        return (loss * float("nan"), acc, n) if len(calls) == 2 and model.training else (loss, acc, n)
+
+    monkeypatch.setattr(T, "unroll", flaky)
+    h = train(tiny_cfg(steps=3, eval_every=3, ckpt_every=3), tmp_path / "ck", progress=False, log=lambda m: None)
+    assert h["skipped"] == [1]
+    assert all(torch.isfinite(w).all() for w in load_file(tmp_path / "ck" / "model.safetensors").values())
+
+
+def test_device_is_checked_and_stays_this_machines_on_resume(tmp_path):
+    with pytest.raises(ValueError, match="device 'tpu' is not available here"):
+        train_config_from_dict({"device": "tpu"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            train_config_from_dict({"device": "cuda"})
+    cfg = tiny_cfg(steps=4, eval_every=4, ckpt_every=2)
+    train(cfg, tmp_path / "ck", progress=False, log=lambda m: None, until=2)
+    saved = json.loads((tmp_path / "ck" / "train_info.json").read_text())["train_config"]
+    assert saved["device"] == "cpu"
+    logs = []
+    train(tiny_cfg(steps=4, eval_every=4, ckpt_every=2, device="cpu", threads=1), tmp_path / "ck", resume=True,
+          progress=False, log=logs.append)
+    assert not any("differs" in m for m in logs)  # threads and device are the machine's, not the recipe's

@@ -78,5 +78,5 @@ def load_checkpoint(directory, with_trainer_state: bool = False):
     tokenizer = WordTokenizer.load(d) if (d / "tokenizer.json").is_file() else None
     trainer_state = None
     if with_trainer_state and (d / "trainer_state.pt").is_file():
-        trainer_state = torch.load(d / "trainer_state.pt", weights_only=False)
+        trainer_state = torch.load(d / "trainer_state.pt", weights_only=False, map_location="cpu")
     return model, tokenizer, trainer_state

@@ -25,7 +25,7 @@ def cmd_train(a):
     cfg = load_recipe(a.recipe) if a.recipe else TrainConfig()
     over = {k: v for k, v in {"model": a.model, "task": a.task, "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
                               "bptt_depth": a.bptt_depth, "seed": a.seed, "babi_dir": a.babi_dir, "threads": a.threads,
-                              "init_from": a.init_from}.items() if v is not None}
+                              "init_from": a.init_from, "device": a.device}.items() if v is not None}
     if a.lengths:
         from .tasks.babilong import parse_lengths
         over["lengths"] = [0 if x.strip() == "0" else parse_lengths(x)[0] for x in a.lengths.split(",")]
@@ -73,7 +73,13 @@ def cmd_eval(a):
     if a.haystack:
         from .tasks.text import load_haystack
         load_haystack(a.haystack)
+    from .train import _device_ok
+
+    if not _device_ok(a.device):
+        raise UserError(f"--device {a.device!r} is not available here; use cpu" + (" (this PyTorch sees no CUDA GPU)" if a.device.startswith("cuda") else " or cuda"))
     loaded = [(model_name(c), *load_checkpoint(c)[:2]) for c in a.checkpoints]
+    for _, model, _ in loaded:
+        model.to(a.device)
     for (_, _, tok), c in zip(loaded, a.checkpoints):
         if tok is None:
             raise UserError(f"checkpoint {c} has no tokenizer.json; retrain it with `memlab train`")
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bptt-depth", type=int, help="truncate backprop to this many segments (default: full)")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch threads (0 = default); may differ on --resume")
+    t.add_argument("--device", help="cpu (default) or cuda; may differ on --resume")
     t.add_argument("--haystack", nargs="+", metavar="FILE", help="haystack text files (default: procedural text)")
     t.add_argument("--babi-dir", help="original bAbI files for held-out evaluation")
     t.add_argument("--init-from", help="start from this checkpoint's weights and tokenizer (fresh optimizer, schedule)")
@@ -151,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--time-budget", type=float, default=900.0, help="seconds per cell before the preflight refuses it")
     e.add_argument("--force", action="store_true", help="run cells the preflight refuses")
     e.add_argument("--json", action="store_true", help="print one JSON object per cell")
+    e.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the models stream")
     e.add_argument("--compile", action="store_true",
                    help="stream fixed-state models (RMT) through torch.compile: ~2x faster after a compile of "
                         "~15 s per batch size (needs a C++ compiler)")

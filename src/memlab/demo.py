@@ -39,7 +39,8 @@ def machine_info() -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "platform": platform.platform()}
+            "platform": platform.platform(),
+            **({"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {})}
 
 
 def write_json(path: Path, payload: dict):

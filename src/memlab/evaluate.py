@@ -208,6 +208,9 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
 
 def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: dict | None = None) -> Cell:
     _reset_peak_rss()
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     correct, t0, state_bytes, totals = 0, time.perf_counter(), 0, {}
     for b in range(0, n, spec.batch_size):
         samples = [bt.sample(length, _sample_seed(spec, i)) for i in range(b, min(b + spec.batch_size, n))]
@@ -224,6 +227,8 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
     lo, hi = wilson_interval(correct, n)
     extra = {"estimate": estimate} if estimate else {}
     extra.update({f"{k}_per_sample": v / n for k, v in totals.items() if k.startswith("flops")})
+    if device.type == "cuda":  # the time and memory of this cell are the GPU's, not this CPU's
+        extra.update({"device": torch.cuda.get_device_name(device), "peak_device_bytes": torch.cuda.max_memory_allocated(device)})
     extra = extra or None
     return Cell(name, task_name, length, n, correct / n, lo, hi, secs, secs / n, n * length / secs, state_bytes, _peak_rss(), "ok", None, extra)
 

@@ -36,9 +36,15 @@ def segment_bounds(length: int, segment_len: int) -> list[tuple[int, int]]:
     return [(0, first)] + [(s, s + segment_len) for s in range(first, length, segment_len)] if length else []
 
 
-def _as_tensor(tokens) -> torch.Tensor:
+def _as_tensor(tokens, device=None) -> torch.Tensor:
     t = torch.from_numpy(np.asarray(tokens)) if not isinstance(tokens, torch.Tensor) else tokens
-    return t.long()
+    return t.to(device=device, dtype=torch.long)
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's weights (inputs are moved there)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 @dataclass
@@ -62,7 +68,7 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
     more than one segment of hidden states.
     compile: run the full-length segments that hold no kept position (all but a few) through
     `compiled_forward(model)`; the first call per batch size compiles (seconds to tens of seconds)."""
-    x = _as_tensor(tokens)
+    x = _as_tensor(tokens, model_device(model))
     B, L = x.shape
     seg = segment_len or model.config.segment_len
     positions = sorted(int(p) for p in positions)
@@ -104,7 +110,7 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
         _add_numbers(totals, out.aux)
         if idx:
             kept.append(model.logits(hidden))
-    logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size)
+    logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size, device=x.device)
     return StreamResult(logits.float(), state, L, totals)
 
 
@@ -117,7 +123,8 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     the last segment, so the final (answer) segment always gets the full depth.
     lm_weight > 0 adds next-token language-model loss on every position (an auxiliary objective).
     Returns (loss, answer accuracy tensor, number of answer targets)."""
-    x, y = _as_tensor(tokens), _as_tensor(targets)
+    device = model_device(model)
+    x, y = _as_tensor(tokens, device), _as_tensor(targets, device)
     B, L = x.shape
     bounds = segment_bounds(L, segment_len or model.config.segment_len)
     n = len(bounds)

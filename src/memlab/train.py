@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0  # everything derives from this seed
     init_from: str | None = None  # checkpoint whose weights and tokenizer start this run (fresh optimizer and schedule)
     threads: int = 0  # torch threads (0 = leave default)
+    device: str = "cpu"  # where the model trains: cpu, cuda, cuda:1 (like threads, this machine's own on --resume)
 
 
 def load_recipe(path) -> TrainConfig:
@@ -86,11 +87,25 @@ def validate(cfg: TrainConfig):
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.bptt_depth is None or cfg.bptt_depth >= 1, f"bptt_depth must be >= 1 or null, got {cfg.bptt_depth}"),
         (0.0 <= cfg.memory_only <= 1.0, f"memory_only must be a fraction in [0, 1], got {cfg.memory_only}"),
+        (_device_ok(cfg.device), f"device {cfg.device!r} is not available here; use cpu"
+                                 + (" (this PyTorch sees no CUDA GPU)" if cfg.device.startswith("cuda") else " or cuda")),
         (len(cfg.lengths) >= 1 and all(int(x) >= 0 for x in cfg.lengths), f"lengths must be non-negative, got {cfg.lengths}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
+
+
+def _device_ok(name: str) -> bool:
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        return False
+    if dev.type == "cpu":
+        return True
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()
+    return False
 
 
 class TaskData:
@@ -206,7 +221,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     state = None
     if resume and (out_dir / "trainer_state.pt").is_file():
         model, tokenizer, state = load_checkpoint(out_dir, with_trainer_state=True)
-        saved = train_config_from_dict({**state["train_config"], "threads": cfg.threads})  # threads: this machine's
+        saved = train_config_from_dict({**state["train_config"], "threads": cfg.threads, "device": cfg.device})  # this machine's
         if dataclasses.asdict(saved) != dataclasses.asdict(cfg):
             log(f"resume: using the training config saved in {out_dir} (the given one differs)")
             cfg = saved
@@ -247,6 +262,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             model = build_model(make_config(cfg.model, vocab_size=len(data.tokenizer), **cfg.model_args))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    model.to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     history = {"step": [], "loss": [], "train_acc": [], "eval": []}
     start = 0
@@ -276,8 +292,13 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         loss, acc, _ = unroll(model, x, y, cfg.bptt_depth, lm_weight=cfg.lm_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if torch.isfinite(norm):
+            opt.step()
+        else:  # a non-finite loss or gradient (e.g. a diverging inner memory): skip the update, keep the weights
+            history.setdefault("skipped", []).append(step)
+            (bar.write if progress else log)(f"step {step + 1}: non-finite gradient, update skipped "
+                                             f"({len(history['skipped'])} so far)")
         seconds += time.time() - t0
         toks += x.numel()
         ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc

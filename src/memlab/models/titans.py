@@ -160,6 +160,7 @@ class TitansConfig:
     chunk: int = 16  # tokens per chunk of the parallel form (must divide segment_len)
     num_persistent: int = 4  # learned persistent memory tokens every query attends to (mac, mag, mal)
     conv: int = 4  # depthwise causal conv kernel after the q, k, v projections of the memory (1 = none)
+    max_lr: float = 0.02  # the inner step size theta_t = max_lr * sigmoid(.) (the memory diverges when it is too large)
     segment_len: int = 128  # tokens per segment (mac attends within a segment)
     rope_base: float = 10000.0  # rotary base
     kind: str = field(default="titans")  # registry name, saved in config.json
@@ -194,17 +195,25 @@ class NeuralMemory(nn.Module):
         super().__init__()
         D, H = c.d_model, c.mem_mult * c.d_model
         dims = [D] + [H] * (c.mem_depth - 1) + [D]
-        self.init_weights = nn.ParameterList(nn.Parameter(torch.randn(o, i) * i**-0.5) for i, o in zip(dims, dims[1:]))
+        self.init_weights = nn.ParameterList(nn.Parameter(torch.empty(o, i)) for i, o in zip(dims, dims[1:]))
         self.q, self.k, self.v = (nn.Linear(D, D, bias=False) for _ in range(3))
         self.kernel = max(c.conv, 1)
-        self.convs = nn.ParameterDict({s: nn.Parameter(torch.zeros(D, self.kernel)) for s in ("q", "k", "v")})
-        for w in self.convs.values():  # start as the identity (weight 1 on the current token)
-            w.data[:, 0] = 1.0
+        self.convs = nn.ParameterDict({s: nn.Parameter(torch.empty(D, self.kernel)) for s in ("q", "k", "v")})
         self.gates = nn.Linear(D, 3)  # theta, eta, alpha
-        with torch.no_grad():
-            self.gates.bias.copy_(torch.tensor([-2.0, 2.0, -4.0]))  # step 0.12, momentum 0.88, forgetting 0.018
         self.out = nn.Linear(D, D, bias=False)
-        self.chunk = c.chunk
+        self.chunk, self.max_lr = c.chunk, c.max_lr
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """M_0 ~ N(0, 1/fan_in); convolutions start as the identity (weight 1 on the current token); gates
+        start at step max_lr / 2, momentum 0.88, forgetting 3e-4 per token (at 0.018 a memory is wiped
+        within a few thousand tokens, and a deep MLP at zero weights gets zero gradients: it never learns again)."""
+        for w in self.init_weights:
+            nn.init.normal_(w, std=w.shape[1] ** -0.5)
+        for w in self.convs.values():
+            w.zero_()[:, 0] = 1.0
+        self.gates.bias.copy_(torch.tensor([0.0, 2.0, -8.0]))
 
     def init_state(self, B, device=None):
         W = [w.to(device).unsqueeze(0).expand(B, -1, -1) for w in self.init_weights]
@@ -227,6 +236,7 @@ class NeuralMemory(nn.Module):
         k = F.normalize(self._proj(self.k, "k", x, tails, "k"), dim=-1)
         v = self._proj(self.v, "v", x, tails, "v")
         theta, eta, alpha = torch.sigmoid(self.gates(x)).unbind(-1)
+        theta = self.max_lr * theta  # the inner step size stays in (0, max_lr): larger steps diverge
         reads, W, S = memory_chunks(W, S, k, v, q, theta, eta, alpha, self.chunk)
         return self.out(reads), W, S
 
@@ -311,7 +321,8 @@ class Titans(SequenceModel):
                   (c.chunk >= 1 and c.segment_len % c.chunk == 0,
                    f"chunk ({c.chunk}) must divide segment_len ({c.segment_len}) so that chunks never straddle segments"),
                   (c.num_persistent >= 0 and c.conv >= 1, "num_persistent must be >= 0 and conv >= 1"),
-                  (c.window >= 1, f"window must be >= 1, got {c.window}")]
+                  (c.window >= 1, f"window must be >= 1, got {c.window}"),
+                  (0 < c.max_lr <= 1, f"max_lr must be in (0, 1], got {c.max_lr}")]
         check_options(checks)
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.blocks = nn.ModuleList(TitansBlock(c) for _ in range(c.n_layers))
@@ -320,8 +331,7 @@ class Titans(SequenceModel):
         self.lm_head.weight = self.embed.weight  # tied
         init_weights(self, c.n_layers)
         for b in self.blocks:  # init_weights re-draws every matrix: restore the memory's own initialisation
-            for w in b.memory.init_weights:
-                nn.init.normal_(w, std=w.shape[1] ** -0.5)
+            b.memory.reset_parameters()
         self._rope: dict = {}
 
     @property
