@@ -289,6 +289,10 @@ def test_compiled_stream_equals_eager_stream_and_refuses_growing_state():
     compiled = stream(m, x, [5, 60], compile=True)
     torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(compiled.state.memory, eager.state.memory, atol=1e-4, rtol=1e-4)
+    for B in (3, 2):  # another batch size, then the first again: after its first call a stream skips most guard
+        # checks, so each must still run the graph compiled for its own shapes
+        xb = torch.randint(0, 64, (B, 61))
+        torch.testing.assert_close(stream(m, xb, [60], compile=True).logits, stream(m, xb, [60]).logits, atol=1e-4, rtol=1e-4)
     tf = build_model(make_config("transformer", **TINY))
     with pytest.raises(ValueError, match="grows with the context"):
         stream(tf, x, [60], compile=True)
