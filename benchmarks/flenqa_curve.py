@@ -38,6 +38,7 @@ def main(argv=None):
     p.add_argument("--paddings", default="duplicate,similar,different", help="swept with --placement")
     p.add_argument("--placement", default="random")
     p.add_argument("--placements", default="first,middle,last", help="also swept with padding 'different'")
+    p.add_argument("--placement-tasks", default="pir", help="tasks of the placement sweep")
     p.add_argument("--lengths", default="250,500,1000,2000,3000")
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--mode", default="likelihood", choices=["likelihood", "generate"])
@@ -52,7 +53,8 @@ def main(argv=None):
     lm = PromptedLM.load(a.model)
     lengths = [int(x) for x in a.lengths.split(",")]
     grid = [(t, pad, a.placement) for t in a.tasks.split(",") for pad in a.paddings.split(",")]
-    grid += [(t, "different", pl) for t in a.tasks.split(",") for pl in a.placements.split(",") if pl and pl != a.placement]
+    grid += [(t, "different", pl) for t in a.placement_tasks.split(",") for pl in a.placements.split(",")
+             if pl and pl != a.placement]
     Path(a.store).parent.mkdir(parents=True, exist_ok=True)
     name = f"{lm.name}-{a.mode}"
     with ResultStore(a.store) as store:

@@ -1,0 +1,59 @@
+"""Retrieval-head scoring and head masking on a tiny random Llama (no download)."""
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from memlab.analysis.retrieval_heads import HeadControl, greedy_with_heads, heads_attention, install, step_hits  # noqa: E402
+
+
+def tiny_llama(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_step_hits_on_a_constructed_case():
+    prompt = [5, 6, 7, 8, 9, 7]
+    needle = {2, 3, 4}  # the needle is tokens 7 8 9 at positions 2..4
+    top = {0: torch.tensor([2, 5, 3]), 1: torch.tensor([0, 2, 4])}
+    # generating 7: a hit where the top key is a needle position holding 7 (position 2), not 5 (a 7 outside it)
+    want = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
+    assert (torch.tensor(step_hits(top, 7, prompt, needle)) == want).all()
+    assert step_hits(top, 9, prompt, needle)[1, 2] == 1 and step_hits(top, 9, prompt, needle).sum() == 1
+
+
+def test_masking_leaves_other_heads_untouched_and_makes_masked_ones_uniform():
+    class Mod:
+        layer_idx = 0
+        _memlab_heads = HeadControl(masked={0: [1]})
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, n, 6, 8, generator=g) for n in (4, 2, 2))
+    out, w = heads_attention(Mod(), q, k, v, None, 8**-0.5)
+    Mod._memlab_heads = HeadControl()
+    ref, _ = heads_attention(Mod(), q, k, v, None, 8**-0.5)
+    for h in (0, 2, 3):
+        torch.testing.assert_close(out[:, :, h], ref[:, :, h])
+    vv = v.repeat_interleave(2, dim=1)[0, 1]  # head 1 reads kv head 0
+    cummean = vv.cumsum(0) / torch.arange(1, 7)[:, None]
+    torch.testing.assert_close(out[0, :, 1], cummean)
+    assert not torch.allclose(out[0, :, 1], ref[0, :, 1])
+
+
+def test_installed_attention_equals_the_models_own_and_greedy_matches_generate():
+    model = tiny_llama()
+    x = torch.randint(0, 50, (1, 20))
+    with torch.no_grad():
+        want = model(input_ids=x).logits
+    ctl = install(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=x).logits, want, atol=1e-5, rtol=1e-5)
+    gen, hits = greedy_with_heads(model, ctl, x[0].tolist(), needle={3, 4, 5}, max_new_tokens=6)
+    ref = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert gen == ref[0, 20:].tolist() and hits.shape == (2, 4)
+    ctl.masked = {0: [0, 1, 2, 3], 1: [0, 1, 2, 3]}
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=x).logits, want)
