@@ -89,6 +89,19 @@ def truncate_tokens(text: str, n: int) -> str:
     return text
 
 
+def fill_tokens(units, budget: int) -> list[str]:
+    """Text units taken from the iterator `units` until they hold exactly `budget` word tokens (the last one cut)."""
+    out, got = [], 0
+    while got < budget:
+        unit = next(units)
+        n = count_tokens(unit)
+        if got + n > budget:
+            unit, n = truncate_tokens(unit, budget - got), budget - got
+        out.append(unit)
+        got += n
+    return out
+
+
 def _facts(task: str, label: bool, rng: np.random.Generator, avoid: set = frozenset()):
     """(two key facts, the subject of each, question, entities used) for one sample."""
     names = [n for n in NAMES if n not in avoid]
@@ -173,15 +186,7 @@ class FlenqaTask:
             raise ValueError(f"length {length} is shorter than this FLenQA {self.task} sample's key paragraphs and "
                              f"question ({need} word tokens); use a length of at least {need}")
         budget = length - need
-        pad, got = [], 0
-        stream = self._padding_units(np.random.default_rng([seed, 1, length]), keys, ents)
-        while got < budget:
-            unit = next(stream)
-            n = count_tokens(unit)
-            if got + n > budget:
-                unit, n = truncate_tokens(unit, budget - got), budget - got
-            pad.append(unit)
-            got += n
+        pad = fill_tokens(self._padding_units(np.random.default_rng([seed, 1, length]), keys, ents), budget)
         prng = np.random.default_rng([seed, 2, length])
         if placement == "first":
             at = [0, 0]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .flenqa import count_tokens, truncate_tokens
+from .flenqa import count_tokens, fill_tokens, truncate_tokens
 
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe")
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -151,15 +151,8 @@ class RulerTask:
                              f"({need} word tokens); use a length of at least {need}")
         if depth is not None and not 0.0 <= depth <= 1.0:
             raise ValueError(f"depth must be in [0, 1] (fraction of the context before the needle), got {depth}")
-        budget, pad, got = length - need, [], 0
-        noise = self._noise(np.random.default_rng([seed, 1, length]))
-        while got < budget:
-            unit = next(noise)
-            n = count_tokens(unit)
-            if got + n > budget:
-                unit, n = truncate_tokens(unit, budget - got), budget - got
-            pad.append(unit)
-            got += n
+        budget = length - need
+        pad = fill_tokens(self._noise(np.random.default_rng([seed, 1, length])), budget)
         cum = np.cumsum([0] + [count_tokens(u) for u in pad])
         if depth is not None:
             at = [int(np.argmin(np.abs(cum - depth * budget)))] * len(needles)
