@@ -15,7 +15,7 @@ from .metrics import wilson_interval
 from .models.base import state_nbytes
 from .report import format_bytes
 from .store import Cell, ResultStore
-from .stream import stream
+from .stream import model_device, stream
 
 
 class BudgetError(RuntimeError):
@@ -208,7 +208,7 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
 
 def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: dict | None = None) -> Cell:
     _reset_peak_rss()
-    device = next(model.parameters()).device
+    device = model_device(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     correct, t0, state_bytes, totals = 0, time.perf_counter(), 0, {}
