@@ -44,7 +44,10 @@ def main(argv=None):
     p.add_argument("--mode", default="likelihood", choices=["likelihood", "generate"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--store", default=str(RESULTS / "flenqa" / "results.sqlite"))
+    p.add_argument("--report-only", action="store_true", help="write the JSON and plot from the cells stored so far")
     a = p.parse_args(argv)
+    if a.report_only:
+        return report(a, f"{a.model}-{a.mode}")
     torch.set_num_threads(a.threads)
     books = sorted((ROOT.parent / "shared" / "data" / "books").glob("*.txt"))
     if not books:
@@ -78,10 +81,17 @@ def main(argv=None):
                                       {"model_tokens_mean": toks / a.samples, "no_answer": none}))
                 print(f"{spec} {length}: {cell.accuracy:.2f} [{lo:.2f}, {hi:.2f}] ({toks / a.samples:.0f} model tokens, "
                       f"{secs:.0f}s)", flush=True)
+    report(a, name)
+
+
+def report(a, name):
+    with ResultStore(a.store) as store:
         rows = [{"task": c.task, "length": c.length, "samples": c.samples, "accuracy": c.accuracy, "ci_low": c.ci_low,
                  "ci_high": c.ci_high, "seconds": round(c.seconds, 1), **(c.extra or {})} for c in store.cells(name)]
+    if not rows:
+        raise SystemExit(f"no cells of {name} in {a.store}; run the benchmark first")
     plot(rows, RESULTS / "flenqa_curve.png", name)
-    print(write_result("flenqa_curve", {"model": a.model, "mode": a.mode, "samples_per_cell": a.samples, "rows": rows}))
+    print(write_result("flenqa_curve", {"model": a.model, "mode": a.mode, "cells": len(rows), "rows": rows}))
 
 
 def plot(rows, path, title):
