@@ -9,12 +9,16 @@ from memlab.tasks.flenqa import FlenqaTask  # noqa: E402
 
 @pytest.fixture(scope="module")
 def lm():
+    return tiny_lm()
+
+
+def tiny_lm():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     task = FlenqaTask("pir", "similar")
     words = sorted({w for s in range(6) for w in task.sample(200, s).text.replace("?", " ?").replace(".", " .").split()})
-    vocab = {w: i for i, w in enumerate(["[UNK]", "[EOS]", "True", "False", "Answer:", "Anna", ",", "or", "only", "with"] + words)}
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(["[UNK]", "[EOS]", "True", "False", "Answer:", "Anna", ",", "or", "only", "with"] + words))}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="[EOS]")
@@ -65,3 +69,30 @@ def test_smollm2_answers_a_flenqa_sample():
     assert lm.chat
     pred, info = lm.answer_flenqa(FlenqaTask("monorel", "similar").sample(250, 0))
     assert pred in ("true", "false") and 200 < info["prompt_tokens"] < 600
+
+
+def test_memlab_eval_reads_text_tasks_with_a_local_hf_model(tmp_path, capsys):
+    import json as _json
+
+    from memlab.cli import main
+    from memlab.store import ResultStore
+
+    d = tmp_path / "tiny"
+    lm = tiny_lm()
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    store = tmp_path / "r.sqlite"
+    args = ["eval", f"hf:{d}", "--task", "flenqa:pir-similar,monorel-similar", "--lengths", "150,200", "--samples", "4",
+            "--store", str(store), "--json"]
+    assert main(args) == 0
+    cells = [_json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {(c["task"], c["length"]) for c in cells} == {(f"flenqa:{t}-similar", n) for t in ("pir", "monorel") for n in (150, 200)}
+    assert all(c["samples"] == 4 and 0 <= c["accuracy"] <= 1 for c in cells)
+    assert main(args) == 0 and capsys.readouterr().out == ""  # done cells are skipped
+    assert main(["eval", f"hf:{d}", "--task", "ruler:niah_single_1", "--lengths", "120", "--samples", "2", "--store", str(store)]) == 0
+    with ResultStore(store) as st:
+        assert st.get("hf-tiny", "ruler:niah_single_1", 120).samples == 2
+    assert main(["eval", f"hf:{d}", "--task", "babilong:qa1", "--store", str(store)]) == 2
+    assert "read text tasks only" in capsys.readouterr().err
+    assert main(["eval", "checkpoints/rmt-qa1", "--task", "flenqa:pir-similar", "--store", str(store)]) == 2
+    assert "take hf:PATH models" in capsys.readouterr().err

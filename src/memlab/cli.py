@@ -66,6 +66,8 @@ def cmd_eval(a):
     from .store import ResultStore
     from .tasks.babilong import parse_lengths, parse_task_spec
 
+    if a.task.split(":")[0].strip().lower() in ("flenqa", "ruler") or any(c.startswith("hf:") for c in a.checkpoints):
+        return _eval_text(a)
     # validate every input before the store is created or any cell is computed
     tasks = [n for _, n in parse_task_spec(a.task)]
     spec = EvalSpec(tasks, parse_lengths(a.lengths), a.samples, a.batch_size, a.seed, a.haystack or _books_default() or None,
@@ -88,6 +90,37 @@ def cmd_eval(a):
         for name, model, tok in loaded:
             emit = (lambda c: print(json.dumps(c.to_json()), flush=True)) if a.json else None
             evaluate_checkpoint(name, model, tok, spec, store, log=lambda m: print(m, file=sys.stderr), on_cell=emit)
+
+
+def _eval_text(a):
+    """Text tasks (flenqa:VARIANT, ruler:VARIANT) read by Hugging Face LMs (hf:PATH)."""
+    from .evaluate import evaluate_text
+    from .lm import PromptedLM
+    from .store import ResultStore
+    from .tasks.babilong import parse_lengths
+    from .tasks.text import BookHaystack
+    from .tasks.variants import load_variant
+
+    family, sep, rest = a.task.partition(":")
+    family = family.strip().lower()
+    if family not in ("flenqa", "ruler") or not sep:
+        raise UserError(f"hf:PATH models read text tasks only (flenqa:VARIANT or ruler:VARIANT), got --task {a.task!r}")
+    bad = [c for c in a.checkpoints if not c.startswith("hf:")]
+    if bad:
+        raise UserError(f"{', '.join(bad)}: memlab checkpoints are evaluated on babilong tasks so far; "
+                        f"{family} tasks take hf:PATH models (e.g. hf:smollm2)")
+    books = a.haystack or _books_default()
+    sentences = BookHaystack(books).sentences() if books else None
+    variants = [v.strip() for v in rest.split(",") if v.strip()]
+    tasks = [(f"{family}:{v}", *load_variant(f"{family}-{v}", sentences)) for v in variants]
+    lengths = parse_lengths(a.lengths)
+    with ResultStore(a.store) as store:
+        for c in a.checkpoints:
+            lm = PromptedLM.load(c[3:] or "smollm2")
+            name = f"hf-{lm.name}"
+            emit = (lambda cell: print(json.dumps(cell.to_json()), flush=True)) if a.json else None
+            evaluate_text(name, lm, tasks, lengths, a.samples, a.seed, store, log=lambda m: print(m, file=sys.stderr),
+                          on_cell=emit)
 
 
 def cmd_report(a):

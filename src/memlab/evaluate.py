@@ -235,3 +235,36 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
 
 def model_name(checkpoint_dir) -> str:
     return Path(checkpoint_dir).resolve().name
+
+
+def evaluate_text(name: str, lm, tasks, lengths, samples: int, seed: int, store: ResultStore, log=print, on_cell=None):
+    """A prompted LM (memlab.lm.PromptedLM) on text tasks: tasks = [(spec name, task object, sample kwargs)].
+    FLenQA is scored by likelihood (True against False); RULER by string match of a greedy reply (the share of
+    the expected words found, averaged)."""
+    from .tasks.flenqa import FlenqaTask
+    from .tasks.ruler import score
+
+    for spec_name, task, kw in tasks:
+        for length in lengths:
+            done = store.get(name, spec_name, length)
+            if done is not None and done.status == "ok" and done.samples >= samples:
+                log(f"{name} {spec_name} {length}: done already, skipped")
+                continue
+            t0, total, toks = time.perf_counter(), 0.0, 0
+            for i in range(samples):
+                s = task.sample(length, _sample_seed(EvalSpec([], [], seed=seed), i), **kw)
+                if isinstance(task, FlenqaTask):
+                    pred, info = lm.answer_flenqa(s)
+                    total += pred == s.answer
+                    toks += info["prompt_tokens"]
+                else:
+                    ids = lm.prompt_ids(s.text, "")
+                    total += score(lm.generate(ids, 8 * len(s.answers) + 8), s.answers)
+                    toks += len(ids)
+            secs = time.perf_counter() - t0
+            correct = round(total)  # for the interval (RULER's partial scores are rounded to whole samples)
+            lo, hi = wilson_interval(correct, samples)
+            cell = store.put(Cell(name, spec_name, length, samples, total / samples, lo, hi, secs, secs / samples,
+                                  toks / secs, None, None, "ok", None, {"model_tokens_mean": toks / samples}))
+            log(f"{name} {spec_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples}")
+            on_cell and on_cell(cell)
