@@ -75,10 +75,10 @@ def cmd_eval(a):
     if a.haystack:
         from .tasks.text import load_haystack
         load_haystack(a.haystack)
-    from .train import _device_ok
+    from .train import _device_ok, device_error
 
     if not _device_ok(a.device):
-        raise UserError(f"--device {a.device!r} is not available here; use cpu" + (" (this PyTorch sees no CUDA GPU)" if a.device.startswith("cuda") else " or cuda"))
+        raise UserError(f"--{device_error(a.device)}")
     loaded = [(model_name(c), *load_checkpoint(c)[:2]) for c in a.checkpoints]
     for _, model, _ in loaded:
         model.to(a.device)

@@ -152,7 +152,12 @@ def task_questions(spec: EvalSpec, task: int) -> list:
 
 
 def _sample_seed(spec: EvalSpec, i: int) -> int:
-    return spec.seed * 1_000_003 + i
+    return sample_seed(spec.seed, i)
+
+
+def sample_seed(seed: int, i: int) -> int:
+    """The seed of sample i of a cell: the same samples at every length and for every model."""
+    return seed * 1_000_003 + i
 
 
 def check_lengths(tokenizer, spec: EvalSpec) -> None:
@@ -252,7 +257,7 @@ def evaluate_text(name: str, lm, tasks, lengths, samples: int, seed: int, store:
                 continue
             t0, total, toks = time.perf_counter(), 0.0, 0
             for i in range(samples):
-                s = task.sample(length, _sample_seed(EvalSpec([], [], seed=seed), i), **kw)
+                s = task.sample(length, sample_seed(seed, i), **kw)
                 if isinstance(task, FlenqaTask):
                     pred, info = lm.answer_flenqa(s)
                     total += pred == s.answer

@@ -87,8 +87,7 @@ def validate(cfg: TrainConfig):
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.bptt_depth is None or cfg.bptt_depth >= 1, f"bptt_depth must be >= 1 or null, got {cfg.bptt_depth}"),
         (0.0 <= cfg.memory_only <= 1.0, f"memory_only must be a fraction in [0, 1], got {cfg.memory_only}"),
-        (_device_ok(cfg.device), f"device {cfg.device!r} is not available here; use cpu"
-                                 + (" (this PyTorch sees no CUDA GPU)" if cfg.device.startswith("cuda") else " or cuda")),
+        (_device_ok(cfg.device), device_error(cfg.device)),
         (len(cfg.lengths) >= 1 and all(int(x) >= 0 for x in cfg.lengths), f"lengths must be non-negative, got {cfg.lengths}"),
     ]
     for ok, msg in checks:
@@ -106,6 +105,10 @@ def _device_ok(name: str) -> bool:
     if dev.type == "cuda":
         return torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()
     return False
+
+
+def device_error(name: str) -> str:
+    return f"device {name!r} is not available here; use cpu" + (" (this PyTorch sees no CUDA GPU)" if name.startswith("cuda") else " or cuda")
 
 
 class TaskData:
