@@ -55,9 +55,14 @@ def cmd_train(a):
 
         load_checkpoint(cfg.init_from)  # a missing or malformed checkpoint fails here, before anything is written
     out = Path(a.out or f"runs/{cfg.model}-{cfg.task.split(':')[-1].replace(',', '-')}")
-    print(f"training {cfg.model} on {cfg.task} -> {out}", file=sys.stderr)
+    from .dist import rank_world
+
+    first = rank_world()[0] == 0  # under torchrun, process 0 speaks for all
+    if first:
+        print(f"training {cfg.model} on {cfg.task} -> {out}", file=sys.stderr)
     hist = train(cfg, out, resume=a.resume, progress=not a.no_progress, log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps({"checkpoint": str(out), "final_eval": hist["eval"][-1] if hist["eval"] else None}))
+    if first:
+        print(json.dumps({"checkpoint": str(out), "final_eval": hist["eval"][-1] if hist["eval"] else None}))
 
 
 def cmd_eval(a):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .dist import rank_world
 from .metrics import wilson_interval
 from .models.base import state_nbytes
 from .report import format_bytes
@@ -175,17 +176,21 @@ def check_lengths(tokenizer, spec: EvalSpec) -> None:
 
 
 def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: ResultStore, log=print, on_cell=None):
-    """Evaluate one model on every (task, length) cell not yet in the store."""
+    """Evaluate one model on every (task, length) cell not yet in the store. Under torchrun the processes take
+    turns over the cells (each process evaluates every WORLD_SIZE-th cell into the shared store)."""
     from .tasks.babilong import BabilongTask
     from .tasks.text import TokenizedHaystack, load_haystack
 
     check_lengths(tokenizer, spec)  # bad lengths fail before any cell is computed or stored
     model.eval()
     hay = None
+    mine = _my_cells()
     for task in spec.tasks:
         task_name = f"babilong:qa{task}"
         bt = None
         for length in spec.lengths:
+            if not next(mine):
+                continue
             n = spec.samples_at(length)
             done = store.get(name, task_name, length)
             if done is not None and done.status == "ok" and done.samples >= n:
@@ -209,6 +214,15 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
             log(f"{name} {task_name} {length}: accuracy {cell.accuracy:.3f} [{cell.ci_low:.3f}, {cell.ci_high:.3f}] "
                 f"n={n} {cell.tokens_per_s:.0f} tok/s state {cell.state_bytes} B")
             on_cell and on_cell(cell)
+
+
+def _my_cells():
+    """True for the cells this process evaluates, in sweep order: all of them outside torchrun."""
+    rank, world = rank_world()
+    k = 0
+    while True:
+        yield k % world == rank
+        k += 1
 
 
 def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: dict | None = None) -> Cell:
@@ -249,8 +263,11 @@ def evaluate_text(name: str, lm, tasks, lengths, samples: int, seed: int, store:
     from .tasks.flenqa import FlenqaTask
     from .tasks.ruler import score
 
+    mine = _my_cells()
     for spec_name, task, kw in tasks:
         for length in lengths:
+            if not next(mine):
+                continue
             done = store.get(name, spec_name, length)
             if done is not None and done.status == "ok" and done.samples >= samples:
                 log(f"{name} {spec_name} {length}: done already, skipped")

@@ -99,7 +99,8 @@ class ResultStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(str(self.path))
+            # a sweep shared by several processes writes to one store: wait for a writer instead of failing
+            self._conn = sqlite3.connect(str(self.path), timeout=120)
         except sqlite3.Error as e:
             raise ValueError(f"cannot open results store {self.path}: {e}") from e
         try:

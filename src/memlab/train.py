@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -13,10 +14,11 @@ import numpy as np
 import torch
 import yaml
 
+from . import dist
 from .checkpoint import load_checkpoint, save_checkpoint
 from .models.base import transfer_weights
 from .models.registry import build_model, make_config
-from .stream import unroll
+from .stream import model_device, unroll
 
 
 @dataclass
@@ -143,6 +145,12 @@ class TaskData:
         (`state_questions`), each answer fed in after its question (teacher forcing) and predicted.
         A `memory_only` fraction of samples longer than one segment put every fact before the question's
         segment: their answer can only come through the recurrent state."""
+        return pad_batch(*self.pieces(tasks, length, n, seed, memory_only))
+
+    def pieces(self, tasks, length: int, n: int, seed: int, memory_only: float = 0.0, take: range | None = None):
+        """The token and target lists of `batch` (unpadded), only for the sample indices in `take` (default
+        all): the others are skipped but draw the same random numbers, so a process of a distributed run
+        builds exactly its share of the batch that one process would build."""
         from .tasks.babi import state_questions
 
         rng = random.Random(seed)
@@ -150,12 +158,20 @@ class TaskData:
         for i in range(n):
             task = tasks[rng.randrange(len(tasks))]
             before = length - self.segment_len if length > self.segment_len and rng.random() < memory_only else None
-            s, question = self._sample(task, length, rng.randrange(2**31), before)
-            toks, tg = list(s.tokens), [-100] * len(s.tokens)
-            tg[s.answer_pos] = s.answer
+            sample_seed = rng.randrange(2**31)
+            mine = take is None or i in take
+            if mine:
+                s, question = self._sample(task, length, sample_seed, before)
+            else:
+                question = task.questions[self._question_index(task, sample_seed)]
             if self.cfg.ask_all and tasks is self.train:
                 extra = [qa for qa in state_questions(question) if qa[0] != question.question]
                 rng.shuffle(extra)
+            if not mine:
+                continue
+            toks, tg = list(s.tokens), [-100] * len(s.tokens)
+            tg[s.answer_pos] = s.answer
+            if self.cfg.ask_all and tasks is self.train:
                 answer = s.answer
                 for q, a in extra:
                     toks += [answer] + self.tokenizer.encode(q)
@@ -163,18 +179,16 @@ class TaskData:
                     tg += [-100] * (len(toks) - len(tg) - 1) + [answer]
             seqs.append(toks)
             tgts.append(tg)
-        L = max(map(len, seqs))
-        x = torch.zeros(n, L, dtype=torch.long)
-        y = torch.full((n, L), -100, dtype=torch.long)
-        for i, (t, g) in enumerate(zip(seqs, tgts)):
-            x[i, L - len(t) :] = torch.tensor(t)
-            y[i, L - len(g) :] = torch.tensor(g)
-        return x, y
+        return seqs, tgts
+
+    @staticmethod
+    def _question_index(task, seed) -> int:
+        return int(np.random.default_rng([seed, 0]).integers(len(task.questions)))  # as task.sample picks it
 
     def _sample(self, task, length, seed, facts_before=None):
         from .tasks.babilong import make_sample
 
-        qi = int(np.random.default_rng([seed, 0]).integers(len(task.questions)))  # as task.sample picks it
+        qi = self._question_index(task, seed)
         if length > 0:
             for before in (facts_before, None):
                 try:
@@ -182,6 +196,17 @@ class TaskData:
                 except ValueError:  # facts do not fit before `before` / in `length`: relax, then facts only
                     pass
         return make_sample(task.questions[qi], 0, task.tokenizer, None, np.random.default_rng([seed, 1])), task.questions[qi]
+
+
+def pad_batch(seqs, tgts, length: int | None = None):
+    """Left-pad token / target lists to `length` (default: the longest) -> tokens [n, L], targets [n, L]."""
+    L = length or max(map(len, seqs))
+    x = torch.zeros(len(seqs), L, dtype=torch.long)
+    y = torch.full((len(seqs), L), -100, dtype=torch.long)
+    for i, (t, g) in enumerate(zip(seqs, tgts)):
+        x[i, L - len(t) :] = torch.tensor(t)
+        y[i, L - len(g) :] = torch.tensor(g)
+    return x, y
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -204,21 +229,53 @@ def evaluate_heldout(model, data: TaskData, length: int, n: int, seed: int = 123
     of data.heldout (default: all, mixed)."""
     model.eval()
     correct = total = 0
-    for b in range(0, n, batch):
+    rank, world = dist.rank_world() if dist.active() else (0, 1)
+    for k, b in enumerate(range(0, n, batch)):
+        if k % world != rank:  # distributed: the processes take turns over the batches
+            continue
         x, y = data.batch(tasks or data.heldout, length, min(batch, n - b), seed + b, memory_only=float(memory_only))
         _, acc, cnt = unroll(model, x, y)
         correct += acc * cnt
         total += cnt
+    correct, total = dist.all_sum(correct, total, device=model_device(model))
     model.train()
     return correct / max(total, 1)
 
 
 def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True, log=print, until: int | None = None) -> dict:
     """Train and write checkpoints to out_dir; `until` stops (with a checkpoint) after that step, as an
-    interruption would. Returns the training history."""
+    interruption would. Returns the training history.
+    Under torchrun (WORLD_SIZE > 1) every process takes its share of each step's batch, DistributedDataParallel
+    averages the gradients (weighted so that the update equals one process's on the whole batch), held-out
+    batches are shared out, and process 0 alone writes checkpoints and the progress bar."""
+    validate(cfg)
+    rank, world = dist.rank_world()
+    if world > cfg.batch_size:
+        raise ValueError(f"{world} processes share a batch of {cfg.batch_size} samples: each needs at least one; "
+                         f"raise batch_size to >= {world} or start fewer processes")
+    device, created = dist.setup(cfg.device)
+    try:
+        return _train(cfg, out_dir, resume, progress and rank == 0, log if rank == 0 else (lambda m: None), until,
+                      device, rank, world)
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+
+
+class _Unroll(torch.nn.Module):
+    """The whole training unroll as one forward, so that DistributedDataParallel sees one forward per backward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y, bptt_depth=None, lm_weight=0.0):
+        return unroll(self.model, x, y, bptt_depth, lm_weight=lm_weight)
+
+
+def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> dict:
     from tqdm import tqdm
 
-    validate(cfg)
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     state = None
@@ -263,9 +320,14 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         else:
             data = TaskData(cfg)
             model = build_model(make_config(cfg.model, vocab_size=len(data.tokenizer), **cfg.model_args))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    model.to(cfg.device)
+    if cfg.threads:  # the machine's threads, shared by the processes that run on it
+        torch.set_num_threads(max(1, cfg.threads // dist.local_world()[1]))
+    model.to(device)
+    run = _Unroll(model)
+    if world > 1:
+        # with truncated BPTT the first segments run without a graph: the initial state's weights may get no gradient
+        run = torch.nn.parallel.DistributedDataParallel(run, find_unused_parameters=cfg.bptt_depth is not None)
+        log(f"distributed: {world} processes ({torch.distributed.get_backend()}), {cfg.batch_size} samples per step in all")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     history = {"step": [], "loss": [], "train_acc": [], "eval": []}
     start = 0
@@ -282,6 +344,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
                 "params": model.num_params(), "final_eval": history["eval"][-1] if history["eval"] else None}
         save_checkpoint(out_dir, model, data.tokenizer, ts, info)
 
+    # fault injection for tests of distributed resume: MEMLAB_FAIL_AT="RANK:STEP" kills that process after that step
+    fail_at = tuple(int(v) for v in os.environ["MEMLAB_FAIL_AT"].split(":")) if os.environ.get("MEMLAB_FAIL_AT") else None
     model.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, dynamic_ncols=True)
     ema_acc, toks, t_last = None, 0, time.time()
@@ -289,12 +353,22 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         t0 = time.time()
         rng = random.Random(cfg.seed * 7919 + step)
         length = length_for(cfg, step, rng)
-        x, y = data.batch(data.train, length, cfg.batch_size, rng.randrange(2**31), cfg.memory_only)
+        seqs, tgts = data.pieces(data.train, length, cfg.batch_size, rng.randrange(2**31), cfg.memory_only,
+                                 take=dist.shard(cfg.batch_size, rank, world) if world > 1 else None)
+        # every process pads to the longest sample of the whole batch: segment boundaries fall where they would
+        # in one process
+        x, y = pad_batch(seqs, tgts, dist.all_max(max(map(len, seqs)), device) if world > 1 else None)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        loss, acc, _ = unroll(model, x, y, cfg.bptt_depth, lm_weight=cfg.lm_weight)
+        loss, acc, count = run(x, y, cfg.bptt_depth, cfg.lm_weight)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if world > 1:  # DDP averages gradients over processes: weight each by its share of the answers
+            loss_sum, correct, total = dist.all_sum(loss.item() * count, acc * count, count, device=device)
+            weight = count * world / max(total, 1) if cfg.lm_weight == 0 else 1.0  # with an LM loss: mean of means
+            (loss * weight).backward()
+            loss, acc = torch.tensor(loss_sum / max(total, 1)), correct / max(total, 1)
+        else:
+            loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if torch.isfinite(norm):
             opt.step()
@@ -303,7 +377,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             (bar.write if progress else log)(f"step {step + 1}: non-finite gradient, update skipped "
                                              f"({len(history['skipped'])} so far)")
         seconds += time.time() - t0
-        toks += x.numel()
+        toks += x.numel() * world
         ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
         history["step"].append(step)
         history["loss"].append(round(loss.item(), 4))
@@ -327,8 +401,10 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
                 msg += " (" + ", ".join(f"{k} {v:.2f}" for k, v in row["heldout_acc_per_task"].items()) + ")"
             history["eval"].append(row)
             (bar.write if progress else log)(f"{msg} ({seconds:.0f}s of training)")
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == until:
+        if (done % cfg.ckpt_every == 0 or done == cfg.steps or done == until) and rank == 0:
             checkpoint(done)
         if done == until:
             break
+        if fail_at == (rank, done):  # fault injection (tests): this process dies here, without cleaning up
+            os._exit(17)
     return history
