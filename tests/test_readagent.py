@@ -122,3 +122,143 @@ def test_readagent_with_smollm2_on_a_short_text():
     text = doc(8, 40)
     res = ReadAgent(make_backend("hf:smollm2"), min_words=60, max_words=120).read(text, "What is the first word?")
     assert res.pages and res.calls >= len(res.pages) + 2 and isinstance(res.answer, str)
+
+
+# ---- baselines on the same pages, and the readers in the evaluation grid ------------------------------------------
+
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from memlab.readagent import METHODS, bm25_pages, babilong_correct, evaluate_readers, reader_tasks  # noqa: E402
+from memlab.store import ResultStore  # noqa: E402
+from memlab.tasks.babi import generate_babi  # noqa: E402
+from memlab.tasks.babilong import text_sample  # noqa: E402
+from memlab.tasks.flenqa import count_tokens  # noqa: E402
+from memlab.tasks.text import BookHaystack  # noqa: E402
+
+BOOKS = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "books").glob("*.txt"))
+
+
+def test_baselines_read_the_same_pages_and_count_their_calls():
+    text = doc(12)
+    text = text.replace("p7w3", "zebra")  # one page holds the question's rare word
+    backend = ScriptedBackend(by_kind(lookup="2"))
+    agent = ReadAgent(backend, min_words=100, max_words=200, k=1)
+    out = agent.read_all(text, "Where is the zebra?")
+    assert list(out) == list(METHODS)
+    pages = out["readagent"].pages
+    n_pages, n_pause = len(pages), sum("where to pause" in p for p in backend.prompts)
+    zebra = next(i for i, p in enumerate(pages) if "zebra" in p)
+    assert out["bm25"].expanded == [zebra] and bm25_pages(pages, "the and of", 2) == []
+    assert out["readagent"].expanded == [2] and out["gists"].expanded == []
+    assert out["readagent"].calls == n_pause + n_pages + 2  # pagination, gists, look-up, answer
+    assert out["gists"].calls == n_pause + n_pages + 1 and out["bm25"].calls == n_pause + 1 and out["full"].calls == 1
+    assert agent.calls == len(backend.prompts) == n_pause + n_pages + 1 + 4  # shared work asked once
+    words = len(text.split())
+    assert out["full"].compression_rate == 0
+    assert out["bm25"].compression_rate == pytest.approx(1 - len(pages[zebra].split()) / words)
+    assert pages[zebra] in backend.prompts[-2] and "<Page" in backend.prompts[-2]  # bm25's answer prompt
+    assert all(r.seconds >= 0 for r in out.values())
+
+
+def test_context_limit_cuts_and_counts_and_a_question_over_it_is_an_error():
+    backend = ScriptedBackend(by_kind())
+    agent = ReadAgent(backend, min_words=100, max_words=200, context_words=250)
+    out = agent.read_all(doc(12), "Where?", ("full",))
+    assert out["full"].fallbacks["context_cut"] == 1
+    assert out["full"].compression_rate == pytest.approx(1 - 250 / len(doc(12).split()))
+    assert doc(12).split()[-1] in backend.prompts[-1] and doc(12).split()[0] not in backend.prompts[-1]
+    with pytest.raises(ValueError, match="more than the 250 the model's context holds"):
+        agent.read_all(doc(12), "why " * 300)
+    with pytest.raises(ValueError, match="unknown reading method"):
+        agent.read_all(doc(12), "Where?", ("magic",))
+    with pytest.raises(ValueError, match="must hold at least one page"):
+        ReadAgent(backend, max_words=600, context_words=100)
+
+
+def test_text_babilong_has_its_exact_length_and_the_facts_in_order():
+    sentences = BookHaystack(BOOKS[:1]).sentences()
+    q = generate_babi(1, 5, seed=3)[4]
+    s = text_sample(q, 700, sentences, seed=9)
+    assert count_tokens(s.document) + count_tokens(s.question) == 700
+    at = 0
+    for f in q.facts:  # each fact found after the previous one: all there, in order
+        at = s.document.index(f, at) + len(f)
+    assert s.fact_sentences == sorted(s.fact_sentences) and s.answer == q.answer
+    assert text_sample(q, 700, sentences, seed=9) == s and text_sample(q, 700, sentences, seed=10) != s
+    with pytest.raises(ValueError, match="shorter than the facts"):
+        text_sample(q, 5, sentences, seed=9)
+    assert babilong_correct("She is in the kitchen.", "kitchen", {"kitchen", "garden"})
+    assert not babilong_correct("kitchen or garden", "kitchen", {"kitchen", "garden"})
+
+
+def qa1_oracle(prompt):
+    """A back-end that answers qa1 from whatever facts its prompt shows (the last move of the person asked)."""
+    if "where to pause" in prompt:
+        return "0"
+    if prompt.startswith("Shorten"):  # gists keep the facts only
+        page = prompt.split("Passage:\n", 1)[1].split("\n\nShortened")[0]
+        return " ".join(re.findall(r"[A-Z][a-z]+ (?:moved|went|journeyed|travelled) to the \w+\.", page)) or "Nothing."
+    if "read again" in prompt:
+        return "none"
+    person = re.search(r"Question: Where is (\w+)\?", prompt).group(1)
+    moves = re.findall(rf"{person} (?:moved|went|journeyed|travelled) to the (\w+)", prompt)
+    return moves[-1] if moves else "nowhere"
+
+
+def test_readers_in_the_eval_grid_keep_every_sample_and_resume(tmp_path):
+    tasks = reader_tasks("babilong:qa1", BookHaystack(BOOKS[:1]).sentences())
+    calls = {"n": 0, "fail_at": 30}
+
+    def flaky(prompt):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise BackendError("endpoint went away")
+        return qa1_oracle(prompt)
+
+    agent = ReadAgent(ScriptedBackend(flaky), min_words=100, max_words=200)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        with pytest.raises(BackendError):
+            evaluate_readers("oracle", agent, tasks, [800], 4, 0, store, log=lambda m: None)
+        kept = store.get_samples("readagent-oracle", "babilong:qa1", 800)
+        assert 1 <= len(kept) < 4 and not store.cells()  # the finished samples are kept; no cell written yet
+        done_before, calls["fail_at"] = calls["n"], -1
+        cells = []
+        evaluate_readers("oracle", agent, tasks, [800], 4, 0, store, log=lambda m: None, on_cell=cells.append)
+        per_sample = (calls["n"] - done_before) / (4 - len(kept))
+        assert per_sample > 0 and calls["n"] - done_before == pytest.approx(per_sample * (4 - len(kept)))
+        got = {c.model: c for c in cells}
+        assert set(got) == {f"{m}-oracle" for m in METHODS}
+        assert got["full-oracle"].accuracy == 1.0 and got["gists-oracle"].accuracy == 1.0  # gists keep every fact here
+        assert got["full-oracle"].extra["calls_per_question"] == 1 and got["full-oracle"].extra["compression_rate"] == 0
+        assert 0 < got["gists-oracle"].extra["compression_rate"] < 1
+        n = calls["n"]
+        evaluate_readers("oracle", agent, tasks, [800], 4, 0, store, log=lambda m: None)
+        assert calls["n"] == n  # everything stored: nothing asked again
+
+
+def test_eval_cli_runs_readers_against_an_endpoint(tmp_path, capsys):
+    from memlab.cli import main
+
+    class Oracle(_Chat):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            out = json.dumps({"choices": [{"message": {"content": qa1_oracle(body["messages"][0]["content"])}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    srv = HTTPServer(("127.0.0.1", 0), Oracle)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        code = main(["eval", f"readagent:http://127.0.0.1:{srv.server_port}/v1", "--reader-model", "tiny", "--task",
+                     "babilong:qa1", "--lengths", "600", "--samples", "2", "--methods", "readagent,bm25,full", "--store",
+                     str(tmp_path / "s.sqlite"), "--json", "--haystack", str(BOOKS[0])])
+    finally:
+        srv.shutdown()
+    assert code in (0, None)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert sorted(r["model"] for r in rows) == ["bm25-tiny", "full-tiny", "readagent-tiny"]
+    assert all(r["task"] == "babilong:qa1" and r["length"] == 600 and r["samples"] == 2 for r in rows)
+    assert main(["eval", "readagent:hf:smollm2", "checkpoints/rmt-qa1", "--task", "babilong:qa1"]) == 2

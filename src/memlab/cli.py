@@ -71,6 +71,8 @@ def cmd_eval(a):
     from .store import ResultStore
     from .tasks.babilong import parse_lengths, parse_task_spec
 
+    if any(c.startswith("readagent:") for c in a.checkpoints):
+        return _eval_readers(a)
     if a.task.split(":")[0].strip().lower() in ("flenqa", "ruler") or any(c.startswith("hf:") for c in a.checkpoints):
         return _eval_text(a)
     # validate every input before the store is created or any cell is computed
@@ -126,6 +128,37 @@ def _eval_text(a):
             emit = (lambda cell: print(json.dumps(cell.to_json()), flush=True)) if a.json else None
             evaluate_text(name, lm, tasks, lengths, a.samples, a.seed, store, log=lambda m: print(m, file=sys.stderr),
                           on_cell=emit)
+
+
+def _eval_readers(a):
+    """ReadAgent and its baselines (readagent:BACKEND) on BABILong or FLenQA as text."""
+    from .readagent import HFBackend, ReadAgent, evaluate_readers, make_backend, reader_tasks
+    from .store import ResultStore
+    from .tasks.babilong import parse_lengths
+    from .tasks.text import BookHaystack
+
+    bad = [c for c in a.checkpoints if not c.startswith("readagent:")]
+    if bad:
+        raise UserError(f"{', '.join(bad)}: evaluate readagent:BACKEND readers in a run of their own")
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    books = a.haystack or _books_default()
+    if not books:
+        raise UserError("readers need book text for the haystack: pass --haystack FILE... (e.g. ../shared/data/books/*.txt)")
+    tasks = reader_tasks(a.task, BookHaystack(books).sentences(), a.babi_dir)
+    lengths = parse_lengths(a.lengths)
+    with ResultStore(a.store) as store:
+        for c in a.checkpoints:
+            spec = c[len("readagent:"):]
+            backend = make_backend(spec, a.reader_model, a.api_key)
+            context = a.context_words
+            if context is None and isinstance(backend, HFBackend) and backend.lm.max_context:
+                context = int(backend.lm.max_context * 0.6)
+            agent = ReadAgent(backend, lookup=a.lookup, k=a.k, context_words=context)
+            name = spec[3:] or "smollm2" if spec.startswith("hf:") else (a.reader_model or "endpoint")
+            name = Path(name).name.replace(":", "-")
+            emit = (lambda cell: print(json.dumps(cell.to_json()), flush=True)) if a.json else None
+            evaluate_readers(name, agent, tasks, lengths, a.samples, a.seed, store, methods,
+                             log=lambda m: print(m, file=sys.stderr), on_cell=emit)
 
 
 def cmd_report(a):
@@ -196,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="accuracy, cost and state size of checkpoints across lengths")
-    e.add_argument("checkpoints", nargs="+", help="checkpoint directories")
+    e.add_argument("checkpoints", nargs="+",
+                   help="checkpoint directories; hf:PATH (a Hugging Face LM, text tasks); readagent:BACKEND (ReadAgent "
+                        "and its baselines, BACKEND = hf:smollm2, hf:PATH or an OpenAI-compatible URL)")
     e.add_argument("--task", default="babilong:qa1")
     e.add_argument("--lengths", default="1k,4k,16k")
     e.add_argument("--samples", type=int, default=100)
@@ -213,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compile", action="store_true",
                    help="stream fixed-state models (RMT) through torch.compile: ~2x faster after a compile of "
                         "~15 s per batch size (needs a C++ compiler)")
+    e.add_argument("--methods", default="readagent,gists,bm25,full",
+                   help="readagent:... only: the readers to compare on the same pages (readagent, gists, bm25, full)")
+    e.add_argument("--reader-model", help="readagent:URL only: the model name the endpoint knows")
+    e.add_argument("--api-key", help="readagent:URL only: bearer token")
+    e.add_argument("--context-words", type=int,
+                   help="readagent:... only: the most words one prompt carries (default: 60%% of an hf model's context "
+                        "in tokens; no limit for an endpoint)")
+    e.add_argument("--lookup", default="parallel", choices=["parallel", "sequential"], help="readagent:... only")
+    e.add_argument("--k", type=int, default=2, help="readagent:... only: pages looked up (parallel) or retrieved (bm25)")
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("report", help="Markdown + HTML report with plots from a results store")

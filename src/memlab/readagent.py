@@ -128,18 +128,54 @@ class ReadResult:
     calls: int
     compression_rate: float  # share of the text's words not in the final context
     fallbacks: Counter = field(default_factory=Counter)
+    seconds: float = 0.0  # wall time of the calls this method needs (shared pagination and gisting included)
+
+
+METHODS = ("readagent", "gists", "bm25", "full")  # the reader and its baselines on the same pages
+
+
+def bm25_pages(pages: list[str], question: str, k: int) -> list[int]:
+    """The (at most) k pages BM25 ranks highest for the question (bm25s, English stop words), in text order;
+    pages sharing no word with the question are never chosen."""
+    import bm25s
+
+    if not pages:
+        return []
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(pages, stopwords="en", show_progress=False), show_progress=False)
+    query = bm25s.tokenize([question], stopwords="en", show_progress=False)
+    if not query.vocab:  # only stop words: nothing to match
+        return []
+    docs, scores = retriever.retrieve(query, k=min(k, len(pages)), show_progress=False)
+    return sorted(int(d) for d, sc in zip(docs[0], scores[0]) if sc > 0)
 
 
 class ReadAgent:
     def __init__(self, backend, min_words: int = 280, max_words: int = 600, lookup: str = "parallel", k: int = 2,
-                 max_lookups: int = 6, answer_tokens: int = 32):
+                 max_lookups: int = 6, answer_tokens: int = 32, context_words: int | None = None):
+        """context_words: the most words of text one prompt may carry (None: no limit); contexts beyond it keep
+        their end (the full-text baseline: the most recent words) and the cut is counted as a fallback."""
         if lookup not in ("parallel", "sequential"):
             raise ValueError(f"lookup must be 'parallel' or 'sequential', got {lookup!r}")
         if not 0 < min_words <= max_words:
             raise ValueError(f"need 0 < min_words <= max_words, got {min_words}, {max_words}")
+        if context_words is not None and context_words < max_words:
+            raise ValueError(f"context_words ({context_words}) must hold at least one page (max_words = {max_words})")
         self.backend, self.min_words, self.max_words = backend, min_words, max_words
         self.lookup, self.k, self.max_lookups, self.answer_tokens = lookup, k, max_lookups, answer_tokens
+        self.context_words = context_words
         self.calls, self.fallbacks = 0, Counter()
+
+    def _fit(self, context: str) -> str:
+        """The context cut to its last `context_words` words when it is longer (counted)."""
+        if self.context_words is None or _words(context) <= self.context_words:
+            return context
+        self.fallbacks["context_cut"] += 1
+        return " ".join(context.split()[-self.context_words :])
+
+    def _answer(self, context: str, question: str) -> str:
+        return self._ask(f"Read the text below, then answer the question briefly.\n\n{context}\n\nQuestion: {question}\n"
+                         "Answer:", self.answer_tokens).strip()
 
     def _ask(self, prompt, max_tokens=256) -> str:
         self.calls += 1
@@ -210,7 +246,7 @@ class ReadAgent:
         if self.lookup == "parallel":
             reply = self._ask("Below are shortened pages of a text, then a question. Which pages would you read again "
                               f"in full to answer it? Choose at most {self.k} page numbers.\n\n"
-                              + self.context(pages, gists, set()) + f"\n\nQuestion: {question}\n\n"
+                              + self._fit(self.context(pages, gists, set())) + f"\n\nQuestion: {question}\n\n"
                               "Answer with page numbers separated by commas, or 'none'.", 16)
             got = list(dict.fromkeys(x for x in _ints(reply) if 0 <= x < n))[: self.k]
             if not got and "none" not in reply.lower():
@@ -220,7 +256,7 @@ class ReadAgent:
         for _ in range(min(self.max_lookups, n)):
             reply = self._ask("Below are pages of a text, some shortened, some in full, then a question. Name one more "
                               "page to read in full, or say STOP if you can answer already.\n\n"
-                              + self.context(pages, gists, set(expanded)) + f"\n\nQuestion: {question}\n\n"
+                              + self._fit(self.context(pages, gists, set(expanded))) + f"\n\nQuestion: {question}\n\n"
                               "Answer with one page number, or STOP.", 8)
             if "stop" in reply.lower():
                 break
@@ -233,18 +269,61 @@ class ReadAgent:
 
     # 4. the whole reader
     def read(self, text: str, question: str) -> ReadResult:
+        return self.read_all(text, question, ("readagent",))["readagent"]
+
+    def read_all(self, text: str, question: str, methods=METHODS) -> dict[str, ReadResult]:
+        """Answer with each method, sharing the pages and gists:
+        readagent: gists, look-up, answer from the gists with the pages looked up in place;
+        gists: the answer from the gists alone (no look-up);
+        bm25: the answer from the k pages BM25 ranks highest for the question (in text order), no gists;
+        full: the answer from the whole text (cut to context_words, keeping its end).
+        Each result's `calls` counts the model calls the method needs (pagination and gisting included where it
+        uses them); compression_rate is the share of the text's words not in its final context."""
         if not question.strip():
             raise ValueError("the question is empty")
+        if not text.strip():
+            raise ValueError("the document is empty: nothing to read")
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown reading method(s) {bad}; known: {', '.join(METHODS)}")
+        if self.context_words is not None and _words(question) >= self.context_words:
+            raise ValueError(f"the question has {_words(question)} words, more than the {self.context_words} the model's "
+                             "context holds; shorten the question or raise context_words")
         self.calls, self.fallbacks = 0, Counter()
-        pages = self.paginate(text)
-        gists = [self.gist(p, i) for i, p in enumerate(pages)]
-        expanded = self.look_up(pages, gists, question)
-        ctx = self.context(pages, gists, set(expanded))
-        answer = self._ask(f"Read the text below, then answer the question briefly.\n\n{ctx}\n\nQuestion: {question}\n"
-                           "Answer:", self.answer_tokens).strip()
-        words = sum(map(_words, pages))
-        kept = sum(_words(pages[i]) if i in expanded else _words(g) for i, g in enumerate(gists))
-        return ReadResult(answer, pages, gists, expanded, self.calls, 1 - kept / max(words, 1), Counter(self.fallbacks))
+        pages, gists, shared = [], [], Counter()
+        t0 = time.perf_counter()
+        if any(m != "full" for m in methods):
+            pages = self.paginate(text)
+            paging_calls, paging_secs = self.calls, time.perf_counter() - t0
+            if {"readagent", "gists"} & set(methods):
+                gists = [self.gist(p, i) for i, p in enumerate(pages)]
+            shared = Counter(self.fallbacks)
+        shared_secs = time.perf_counter() - t0
+        words = _words(text)
+        out, total_calls, total_fallbacks = {}, self.calls, Counter(shared)
+        for m in methods:
+            self.calls, self.fallbacks = 0, Counter()
+            base, fallbacks, t0, secs = 0, Counter(), time.perf_counter(), 0.0
+            if m in ("readagent", "gists"):
+                base, fallbacks, secs = paging_calls + len(gists), Counter(shared), shared_secs
+                expanded = self.look_up(pages, gists, question) if m == "readagent" else []
+                ctx = self.context(pages, gists, set(expanded))
+                kept = sum(_words(pages[i]) if i in expanded else _words(g) for i, g in enumerate(gists))
+            elif m == "bm25":
+                base, fallbacks, secs = paging_calls, Counter(shared) - Counter({"gist": shared["gist"]}), paging_secs
+                expanded = bm25_pages(pages, question, self.k)
+                ctx = "\n\n".join(f"<Page {i}>\n{pages[i]}" for i in expanded)
+                kept = sum(_words(pages[i]) for i in expanded)
+            else:
+                expanded, ctx, kept = [], text, words
+            fitted = self._fit(ctx)
+            kept = min(kept, _words(fitted))
+            answer = self._answer(fitted, question)
+            out[m] = ReadResult(answer, pages, gists, expanded, base + self.calls, 1 - kept / max(words, 1),
+                                fallbacks + self.fallbacks, secs + time.perf_counter() - t0)
+            total_calls, total_fallbacks = total_calls + self.calls, total_fallbacks + self.fallbacks
+        self.calls, self.fallbacks = total_calls, total_fallbacks  # everything this read_all asked and fell back on
+        return out
 
 
 def make_backend(spec: str, model: str | None = None, api_key: str | None = None, timeout: float = 60.0):
@@ -256,3 +335,105 @@ def make_backend(spec: str, model: str | None = None, api_key: str | None = None
             raise ValueError("an OpenAI-compatible endpoint needs --model (the model name the server knows)")
         return OpenAIBackend(spec, model, api_key, timeout)
     raise ValueError(f"unknown back-end {spec!r}; use hf:smollm2, hf:PATH or an endpoint URL like http://localhost:11434/v1")
+
+
+# ---- the readers in the evaluation grid --------------------------------------------------------------------------
+
+def babilong_correct(reply: str, answer: str, candidates: set) -> bool:
+    """BABILong's rule for generated answers: the expected word is in the reply and no other answer of the task
+    is (so a reply that lists every place is wrong)."""
+    from .tasks.text import tokenize_words
+
+    words = set(tokenize_words(reply))
+    return answer.lower() in words and not (words & (candidates - {answer.lower()}))
+
+
+def reader_tasks(spec: str, sentences: list[str], babi_dir: str | None = None):
+    """[(task name, sampler)] for a task spec read as text: babilong:qa1,qa2 or flenqa:VARIANT,...
+    sampler(length, seed) -> (document, question, check(reply) -> bool)."""
+    import numpy as np
+
+    family, _, rest = spec.partition(":")
+    family = family.strip().lower()
+    out = []
+    if family == "babilong":
+        from .tasks.babi import generate_babi, read_babi_dir
+        from .tasks.babilong import parse_task_spec, text_sample
+
+        for _, n in parse_task_spec(spec):
+            questions = read_babi_dir(babi_dir, n) if babi_dir else generate_babi(n, 2000, seed=10**6 + n)
+            answers = {q.answer.lower() for q in questions}
+
+            def sample(length, seed, questions=questions, answers=answers):
+                q = questions[int(np.random.default_rng([seed, 0]).integers(len(questions)))]
+                s = text_sample(q, length, sentences, seed)
+                return s.document, s.question, lambda reply: babilong_correct(reply, s.answer, answers)
+
+            out.append((f"babilong:qa{n}", sample))
+    elif family == "flenqa":
+        from .tasks.flenqa import score_answer
+        from .tasks.variants import load_variant
+
+        for v in (v.strip() for v in rest.split(",") if v.strip()):
+            task, kw = load_variant(f"flenqa-{v}", sentences)
+
+            def sample(length, seed, task=task, kw=kw):
+                s = task.sample(length, seed, **kw)
+                return s.text[: len(s.text) - len(s.question)].rstrip(), s.question, lambda r: score_answer(r, s.answer)
+
+            out.append((f"flenqa:{v}", sample))
+    else:
+        raise ValueError(f"readers take babilong:qaN,... or flenqa:VARIANT,... tasks, got {spec!r}")
+    return out
+
+
+def evaluate_readers(name: str, agent: ReadAgent, tasks, lengths, samples: int, seed: int, store, methods=METHODS,
+                     log=print, on_cell=None):
+    """ReadAgent and its baselines (`methods`) on every (task, length) cell: one cell per method, named
+    '<method>-<name>'. Every sample's results are kept in the store as soon as it is read, so an interrupted
+    cell resumes at its next sample; the cells are written once all their samples are in."""
+    from .evaluate import _my_cells, sample_seed
+    from .metrics import wilson_interval
+    from .store import Cell
+
+    mine = _my_cells()
+    for task_name, sampler in tasks:
+        for length in lengths:
+            if not next(mine):
+                continue
+            names = {m: f"{m}-{name}" for m in methods}
+            cells = {m: store.get(names[m], task_name, length) for m in methods}
+            if all(c is not None and c.status == "ok" and c.samples >= samples for c in cells.values()):
+                log(f"{name} {task_name} {length}: done already, skipped")
+                continue
+            kept = {m: store.get_samples(names[m], task_name, length) for m in methods}
+            for i in range(samples):
+                if all(i in kept[m] for m in methods):
+                    continue
+                document, question, check = sampler(length, sample_seed(seed, i))
+                results = agent.read_all(document, question, methods)
+                for m, r in results.items():
+                    row = {"correct": bool(check(r.answer)), "answer": r.answer[:300], "calls": r.calls,
+                           "compression_rate": r.compression_rate, "fallbacks": dict(r.fallbacks), "seconds": r.seconds,
+                           "pages": len(r.pages), "expanded": r.expanded}
+                    store.put_sample(names[m], task_name, length, i, row)
+                    kept[m][i] = row
+                log(f"{name} {task_name} {length} sample {i + 1}/{samples}: "
+                    + ", ".join(f"{m} {'right' if kept[m][i]['correct'] else 'wrong'}" for m in methods))
+            for m in methods:
+                rows = [kept[m][i] for i in range(samples)]
+                correct = sum(r["correct"] for r in rows)
+                secs = sum(r["seconds"] for r in rows)
+                lo, hi = wilson_interval(correct, samples)
+                fb = Counter()
+                for r in rows:
+                    fb.update(r["fallbacks"])
+                extra = {"calls_per_question": sum(r["calls"] for r in rows) / samples,
+                         "compression_rate": sum(r["compression_rate"] for r in rows) / samples,
+                         "pages_per_document": sum(r["pages"] for r in rows) / samples, "fallbacks": dict(fb),
+                         "reader": m, "context_words": agent.context_words}
+                cell = store.put(Cell(names[m], task_name, length, samples, correct / samples, lo, hi, secs, secs / samples,
+                                      samples * length / max(secs, 1e-9), None, None, "ok", None, extra))
+                log(f"{names[m]} {task_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples}, "
+                    f"{extra['calls_per_question']:.1f} calls, compression {extra['compression_rate']:.2f}")
+                on_cell and on_cell(cell)

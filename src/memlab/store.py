@@ -74,6 +74,19 @@ CREATE TABLE IF NOT EXISTS cells (
 )
 """
 
+# per-sample results of cells that take long (a reader asks a language model many times per sample): an
+# interrupted cell resumes from its finished samples
+_SAMPLES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    model TEXT NOT NULL,
+    task TEXT NOT NULL,
+    length INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (model, task, length, idx)
+)
+"""
+
 
 def _jsonable(x: Any) -> Any:
     """Turn numpy/torch scalars and arrays (anything with .item()/.tolist()) into plain Python."""
@@ -107,6 +120,7 @@ class ResultStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             with self._conn:
                 self._conn.execute(_SCHEMA)
+                self._conn.execute(_SAMPLES_SCHEMA)
             cols = [r[1] for r in self._conn.execute("PRAGMA table_info(cells)")]
         except sqlite3.DatabaseError as e:
             self._conn.close()
@@ -138,6 +152,18 @@ class ResultStore:
         with self._conn:  # commits on success, rolls back on any exception
             self._conn.execute(sql, row)
         return stored
+
+    def put_sample(self, model: str, task: str, length: int, idx: int, data: dict) -> None:
+        """Keep one sample's result (a JSON-able dict) of a cell in progress (one transaction)."""
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?)",
+                               (model, task, int(length), int(idx), json.dumps(_jsonable(data))))
+
+    def get_samples(self, model: str, task: str, length: int) -> dict[int, dict]:
+        """The kept sample results of a cell, by sample index."""
+        cur = self._conn.execute("SELECT idx, data FROM samples WHERE model=? AND task=? AND length=?",
+                                 (model, task, int(length)))
+        return {int(i): json.loads(d) for i, d in cur}
 
     # ---- reading -------------------------------------------------------------------------
 

@@ -153,3 +153,44 @@ def parse_lengths(s: str) -> list[int]:
     if not parts:
         raise ValueError(f"bad lengths {s!r}; write a comma-separated list like 1k,4k,1M")
     return [parse_length(p) for p in parts]
+
+
+@dataclass
+class TextBabilong:
+    """A BABILong sample as plain text, for language models that read words rather than memlab tokens."""
+
+    document: str  # book sentences with the facts inserted in order
+    question: str
+    answer: str
+    length: int  # word tokens (tokenize_words) of document + question: the sample's length
+    fact_sentences: list[int]  # indices, among the document's sentences, of the inserted facts
+    meta: dict = field(default_factory=dict)
+
+
+def text_sample(question: Question, length: int, sentences: list[str], seed: int, paragraph: int = 6) -> TextBabilong:
+    """The facts of `question` inserted in order at random sentence boundaries of consecutive book sentences
+    (from a random start) so that document + question hold exactly `length` word tokens; a blank line every
+    `paragraph` sentences."""
+    from .flenqa import count_tokens, fill_tokens
+
+    if not sentences:
+        raise ValueError("no haystack sentences: pass book files (e.g. ../shared/data/books/*.txt)")
+    need = sum(count_tokens(f) for f in question.facts) + count_tokens(question.question)
+    if length < need:
+        raise ValueError(f"length {length} is shorter than the facts and question of this sample ({need} word tokens); "
+                         f"use a length >= {need}")
+    rng = np.random.default_rng([seed, 2, length])
+    start = int(rng.integers(len(sentences)))
+    hay = fill_tokens((sentences[(start + i) % len(sentences)] for i in range(10**9)), length - need) if length > need else []
+    slots = np.sort(rng.integers(0, len(hay) + 1, size=len(question.facts)))
+    units, facts_at = [], []
+    h = 0
+    for fact, slot in zip(question.facts, slots):
+        units += hay[h:slot]
+        h = int(slot)
+        facts_at.append(len(units))
+        units.append(fact)
+    units += hay[h:]
+    paras = [" ".join(units[i : i + paragraph]) for i in range(0, len(units), paragraph)]
+    return TextBabilong("\n\n".join(paras), question.question, question.answer, length, facts_at,
+                        {"task": question.task, "seed": seed, "supporting": tuple(question.supporting)})
