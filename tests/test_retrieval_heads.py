@@ -57,3 +57,47 @@ def test_installed_attention_equals_the_models_own_and_greedy_matches_generate()
     ctl.masked = {0: [0, 1, 2, 3], 1: [0, 1, 2, 3]}
     with torch.no_grad():
         assert not torch.allclose(model(input_ids=x).logits, want)
+
+
+# ---- memlab's own attention models -------------------------------------------------------------------------------
+
+def test_memlab_heads_routing_equals_the_model_and_masks_only_chosen_heads():
+    from memlab.analysis.retrieval_heads import answer_with_heads, memlab_heads
+    from memlab.models.registry import build_model, make_config
+    from memlab.stream import stream
+
+    torch.manual_seed(0)
+    m = build_model(make_config("transformer", vocab_size=50, d_model=32, n_layers=2, n_heads=4, conv=4, recency=True,
+                                segment_len=24)).eval()
+    x = torch.randint(0, 50, (1, 60))
+    for seg in (60, 24):  # one segment (fused causal path), and three with a KV cache (masked-distance path)
+        ref = stream(m, x, [59], segment_len=seg).logits
+        with memlab_heads(m) as ctl:
+            assert torch.allclose(stream(m, x, [59], segment_len=seg).logits, ref, atol=1e-5)
+    captured = {}
+
+    def spy(layer):
+        def hook(mod, inp, out):
+            captured[layer] = out[0].detach()
+        return hook
+
+    with memlab_heads(m) as ctl:
+        handle = m.blocks[1].attn.register_forward_hook(spy("plain"))
+        stream(m, x, [59], segment_len=60)
+        handle.remove()
+        ctl.masked = {1: [2]}
+        handle = m.blocks[1].attn.register_forward_hook(spy("masked"))
+        stream(m, x, [59], segment_len=60)
+        handle.remove()
+    assert all("forward" not in vars(b.attn) for b in m.blocks)  # the class's forward is back
+    # the projection mixes heads, so compare before it: undo proj by least squares on its (square) weight
+    W = m.blocks[1].attn.proj.weight
+    per_head = lambda y: torch.linalg.solve(W, y[0].T).T.reshape(60, 4, 8)  # noqa: E731
+    a, b = per_head(captured["plain"]), per_head(captured["masked"])
+    assert torch.allclose(a[:, [0, 1, 3]], b[:, [0, 1, 3]], atol=1e-4) and not torch.allclose(a[:, 2], b[:, 2], atol=1e-3)
+    # uniform attention at query t averages the values of keys 0..t: a constructed check on the first query
+    with memlab_heads(m) as ctl:
+        ctl.masked = {0: [0, 1, 2, 3]}
+        pred, hits = answer_with_heads(m, ctl, x[0].numpy(), needle={0})
+    assert hits.shape == (2, 4)
+    assert (hits[0] == (x[0, 0].item() == pred)).all()  # uniform heads' top key is position 0 (ties: the first)

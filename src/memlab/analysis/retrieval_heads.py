@@ -106,3 +106,82 @@ def greedy_with_heads(model, ctl: HeadControl, prompt_ids: list[int], needle: se
     finally:
         ctl.record = False
     return gen, hits
+
+
+# ---- memlab's own attention models ------------------------------------------------------------------------------
+
+def _explicit_attention(attn, ctl: HeadControl, layer: int):
+    """A forward for memlab's blocks.Attention that writes the attention weights out (same result as the fused
+    paths), makes the masked heads uniform over their visible keys, and records each head's top key for the
+    last query."""
+    from einops import rearrange
+
+    from ..models.blocks import RecencyFeatures, apply_rotary
+
+    def forward(x, rope, cache=None, mask=None, dist=None, rows=None):
+        if rows is not None:
+            raise ValueError("the head analysis runs whole segments (rows=None)")
+        q, k, v = rearrange(attn.qkv(x), "b t (three h k) -> three b h t k", three=3, h=attn.n_heads)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None and cache[0].shape[2] > 0:
+            k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
+        T, S = q.shape[2], k.shape[2]
+        scores = (q @ k.transpose(-1, -2)) * attn.head_dim**-0.5
+        if isinstance(dist, RecencyFeatures):  # causal square segment
+            scores = scores + attn.recency.exp()[:, None, None] * (dist.query @ dist.key.T)
+            neg = torch.zeros(T, S, device=x.device).masked_fill(torch.ones(T, S, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        elif dist is not None:
+            d, neg = dist
+            scores = scores - attn.recency.exp()[:, None, None] * d
+        elif mask is None:
+            neg = torch.zeros(T, S, device=x.device).masked_fill(torch.ones(T, S, dtype=torch.bool, device=x.device).triu(S - T + 1), float("-inf"))
+        else:
+            neg = torch.zeros(mask.shape, device=x.device).masked_fill(~mask, float("-inf"))
+        w = (scores + neg).softmax(-1)
+        heads = list(ctl.masked.get(layer, ()))
+        if heads:
+            w = w.clone()
+            w[:, heads] = neg.softmax(-1).expand(w.shape[0], len(heads), T, S)
+        if ctl.record:
+            ctl.top[layer] = w[0, :, -1].argmax(-1).cpu()
+        return attn.proj(rearrange(w @ v, "b h t k -> b t (h k)")), (k, v)
+
+    return forward
+
+
+class memlab_heads:
+    """Context manager: route every attention layer of a memlab model (transformer, RMT, ...: any model whose
+    blocks hold `attn`) through `_explicit_attention`; yields the HeadControl. The model is restored on exit."""
+
+    def __init__(self, model):
+        blocks = getattr(model, "blocks", None)
+        if not blocks or not all(hasattr(b, "attn") for b in blocks):
+            raise ValueError(f"{type(model).__name__} has no blocks with an `attn` module: the head analysis needs "
+                             "memlab's transformer blocks")
+        self.model, self.ctl = model, HeadControl()
+
+    def __enter__(self) -> HeadControl:
+        for i, b in enumerate(self.model.blocks):
+            b.attn.forward = _explicit_attention(b.attn, self.ctl, i)
+        return self.ctl
+
+    def __exit__(self, *exc):
+        for b in self.model.blocks:
+            del b.attn.forward  # back to the class's method
+
+
+@torch.inference_mode()
+def answer_with_heads(model, ctl: HeadControl, tokens, needle: set) -> tuple[int, np.ndarray]:
+    """One memlab sample streamed whole (one segment); returns (predicted answer id, [layers, heads] hits): a
+    head hits when its top key at the answer position is a needle position holding the predicted token."""
+    from ..stream import stream
+
+    x = torch.as_tensor(np.asarray(tokens))[None]
+    ctl.record, ctl.top = True, {}
+    try:
+        res = stream(model, x, [x.shape[1] - 1], segment_len=x.shape[1])
+    finally:
+        ctl.record = False
+    pred = int(res.logits[0, 0].argmax())
+    return pred, step_hits(ctl.top, pred, x[0].tolist(), needle)
