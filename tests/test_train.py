@@ -229,3 +229,39 @@ def test_device_is_checked_and_stays_this_machines_on_resume(tmp_path):
     train(tiny_cfg(steps=4, eval_every=4, ckpt_every=2, device="cpu", threads=1), tmp_path / "ck", resume=True,
           progress=False, log=logs.append)
     assert not any("differs" in m for m in logs)  # threads and device are the machine's, not the recipe's
+
+
+def test_text_tasks_train_and_evaluate_in_memlab_tokens(tmp_path):
+    """RULER / FLenQA variants for models trained here: answers teacher-forced after the text, every answer word a
+    target; `memlab eval` scores exact match on held-out seeds."""
+    from memlab.cli import main
+    from memlab.store import ResultStore
+    from memlab.tasks.text import tokenize_words
+    from memlab.train import TaskData
+
+    cfg = train_config_from_dict({"model": "rmt", "model_args": {"d_model": 32, "n_layers": 1, "n_heads": 2, "num_mem": 4,
+                                  "segment_len": 64}, "task": "ruler:vt,niah_single_1", "lengths": [128, 256], "steps": 2,
+                                  "stage_steps": 1, "batch_size": 4, "vocab_size": 400, "eval_every": 2, "eval_samples": 4,
+                                  "ckpt_every": 2, "warmup": 1})
+    data = TaskData(cfg)
+    vt = data.train[0]
+    s = vt.text_sample(256, 5)
+    ids, targets = vt.tokens(256, 5)
+    assert len(ids) == 256 + len(s.answers) - 1  # the text, then all answer words but the last fed in
+    answer_ids = [t for t in targets if t != -100]
+    assert [data.tokenizer.vocab[t] for t in answer_ids] == [w for a in s.answers for w in tokenize_words(a)]
+    assert targets.index(answer_ids[0]) == 255 and ids[256:] == answer_ids[:-1]  # predicted from the position before
+    held = data.heldout[0].text_sample(256, 5)
+    assert held.text != s.text  # held-out seeds are another range
+    with pytest.raises(ValueError, match="no facts-only form"):
+        TaskData(train_config_from_dict({**cfg.__dict__, "lengths": [0, 128]}))
+    with pytest.raises(ValueError, match="unknown task variant"):
+        TaskData(train_config_from_dict({**cfg.__dict__, "task": "ruler:nope"}))
+    hist = train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    assert set(hist["eval"][-1]["heldout_acc_per_task"]) == {"ruler-vt", "ruler-niah_single_1"}
+    code = main(["eval", str(tmp_path / "run"), "--task", "ruler:vt", "--lengths", "256", "--samples", "3",
+                 "--store", str(tmp_path / "s.sqlite")])
+    assert code in (0, None)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        cell = store.get("run", "ruler:vt", 256)
+    assert cell.samples == 3 and 0.0 <= cell.accuracy <= 1.0 and cell.state_bytes == 4 * 32 * 4

@@ -47,7 +47,9 @@ def cmd_train(a):
 
     # validate before anything is written: unknown model (lists the known ones) or option, task, haystack files
     make_config(cfg.model, **cfg.model_args)
-    parse_task_spec(cfg.task)
+    from .tasks.variants import is_text_task, parse_text_spec
+
+    parse_text_spec(cfg.task) if is_text_task(cfg.task) else parse_task_spec(cfg.task)
     if cfg.haystack:
         load_haystack(cfg.haystack)
     if cfg.init_from and not a.resume:
@@ -112,17 +114,27 @@ def _eval_text(a):
     family = family.strip().lower()
     if family not in ("flenqa", "ruler") or not sep:
         raise UserError(f"hf:PATH models read text tasks only (flenqa:VARIANT or ruler:VARIANT), got --task {a.task!r}")
-    bad = [c for c in a.checkpoints if not c.startswith("hf:")]
-    if bad:
-        raise UserError(f"{', '.join(bad)}: memlab checkpoints are evaluated on babilong tasks so far; "
-                        f"{family} tasks take hf:PATH models (e.g. hf:smollm2)")
     books = a.haystack or _books_default()
     sentences = BookHaystack(books).sentences() if books else None
     variants = [v.strip() for v in rest.split(",") if v.strip()]
     tasks = [(f"{family}:{v}", *load_variant(f"{family}-{v}", sentences)) for v in variants]
     lengths = parse_lengths(a.lengths)
+    ours = [c for c in a.checkpoints if not c.startswith("hf:")]
+    if ours:  # memlab checkpoints, in their own tokens (answers teacher-forced, exact match)
+        from .checkpoint import load_checkpoint
+        from .evaluate import evaluate_token_text, model_name
+
+        loaded = [(model_name(c), *load_checkpoint(c)[:2]) for c in ours]
+        with ResultStore(a.store) as store:
+            for name, model, tok in loaded:
+                if tok is None:
+                    raise UserError(f"checkpoint {name} has no tokenizer.json; retrain it with `memlab train`")
+                emit = (lambda cell: print(json.dumps(cell.to_json()), flush=True)) if a.json else None
+                evaluate_token_text(name, model.to(a.device), tok, [f"{family}-{v}" for v in variants], lengths, a.samples,
+                                    a.seed, store, sentences, a.time_budget, a.force,
+                                    log=lambda m: print(m, file=sys.stderr), on_cell=emit)
     with ResultStore(a.store) as store:
-        for c in a.checkpoints:
+        for c in [c for c in a.checkpoints if c.startswith("hf:")]:
             lm = PromptedLM.load(c[3:] or "smollm2")
             name = f"hf-{lm.name}"
             emit = (lambda cell: print(json.dumps(cell.to_json()), flush=True)) if a.json else None

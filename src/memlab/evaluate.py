@@ -290,3 +290,48 @@ def evaluate_text(name: str, lm, tasks, lengths, samples: int, seed: int, store:
                                   toks / secs, None, None, "ok", None, {"model_tokens_mean": toks / samples}))
             log(f"{name} {spec_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples}")
             on_cell and on_cell(cell)
+
+
+def evaluate_token_text(name: str, model, tokenizer, variants: list[str], lengths, samples: int, seed: int, store: ResultStore,
+                        sentences=None, time_budget: float = 900.0, force: bool = False, log=print, on_cell=None):
+    """A memlab checkpoint on FLenQA / RULER variants (names like 'ruler-niah_single_2') in its own tokens: the text
+    streamed through the runner, then the answer words teacher-forced; a sample is right when every answer word
+    is predicted (exact match). Held-out seeds (tasks.variants.TokenTextTask with seed_base 2^31), as training's
+    held-out evaluation uses."""
+    from .tasks.variants import TokenTextTask
+
+    model.eval()
+    mine = _my_cells()
+    for variant in variants:
+        task = TokenTextTask(variant, tokenizer, sentences, seed_base=2**31)
+        task_name = variant.replace("-", ":", 1)
+        for length in lengths:
+            if not next(mine):
+                continue
+            done = store.get(name, task_name, length)
+            if done is not None and done.status == "ok" and done.samples >= samples:
+                log(f"{name} {task_name} {length}: done already, skipped")
+                continue
+            try:
+                est = preflight(model, length, 1, time_budget, samples) if not force else {}
+            except BudgetError as e:
+                cell = store.put(Cell(name, task_name, length, 0, None, None, None, None, None, None, e.estimate["kv_bytes"],
+                                      None, "out_of_budget", e.estimate))
+                log(f"{name} {task_name} {length}: refused by preflight: {e} (use --force to run anyway)")
+                on_cell and on_cell(cell)
+                continue
+            _reset_peak_rss()
+            t0, correct, state_bytes, toks = time.perf_counter(), 0, 0, 0
+            for i in range(samples):
+                ids, targets = task.tokens(length, sample_seed(seed, i))
+                pos = [j for j, t in enumerate(targets) if t != -100]
+                res = stream(model, np.asarray([ids]), pos)
+                correct += res.logits[0].argmax(-1).tolist() == [targets[j] for j in pos]
+                state_bytes, toks = state_nbytes(res.state), toks + len(ids)
+            secs = time.perf_counter() - t0
+            lo, hi = wilson_interval(correct, samples)
+            cell = store.put(Cell(name, task_name, length, samples, correct / samples, lo, hi, secs, secs / samples,
+                                  toks / secs, state_bytes, _peak_rss(), "ok", None, {"estimate": est} if est else None))
+            log(f"{name} {task_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples} "
+                f"{cell.tokens_per_s:.0f} tok/s state {state_bytes} B")
+            on_cell and on_cell(cell)

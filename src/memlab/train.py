@@ -19,6 +19,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .models.base import transfer_weights
 from .models.registry import build_model, make_config
 from .stream import model_device, unroll
+from .tasks.variants import TokenTextTask, is_text_task, parse_text_spec
 
 
 @dataclass
@@ -123,8 +124,10 @@ class TaskData:
 
         self.cfg = cfg
         self.segment_len = make_config(cfg.model, vocab_size=cfg.vocab_size, **cfg.model_args).segment_len
-        self.tasks = [n for _, n in parse_task_spec(cfg.task)]
         source = load_haystack(cfg.haystack or None)
+        if is_text_task(cfg.task):
+            return self._init_text(cfg, tokenizer, source)
+        self.tasks = [n for _, n in parse_task_spec(cfg.task)]
         words = sorted({w for n in self.tasks for w in task_words(n)})
         if tokenizer is None:
             texts = source.sentences() if hasattr(source, "sentences") else []
@@ -138,6 +141,25 @@ class TaskData:
             held = read_babi_dir(cfg.babi_dir, n) if cfg.babi_dir else generate_babi(n, 2000, seed=10**6 + n)
             self.train.append(BabilongTask(n, pool, tokenizer, self.haystack))
             self.heldout.append(BabilongTask(n, held, tokenizer, self.haystack))
+
+    def _init_text(self, cfg, tokenizer, source):
+        """FLenQA / RULER variants (flenqa:VARIANT,... / ruler:VARIANT,...): text samples in memlab tokens, the
+        answer words teacher-forced (tasks.variants.TokenTextTask)."""
+        from .tasks.text import TokenizedHaystack, WordTokenizer
+
+        if any(int(x) == 0 for x in cfg.lengths):
+            raise ValueError(f"{cfg.task}: text tasks have no facts-only form (length 0); give curriculum lengths in "
+                             "tokens, each at least the task's key paragraphs or needles (e.g. 256)")
+        names = parse_text_spec(cfg.task)
+        sentences = source.sentences()
+        if tokenizer is None:
+            words = [w for n in names for w in TokenTextTask(n, None, sentences).words()]
+            tokenizer = WordTokenizer.build(words, sentences, max_size=cfg.vocab_size)
+        self.tokenizer = tokenizer
+        self.haystack = TokenizedHaystack(tokenizer, source)
+        self.tasks = names
+        self.train = [TokenTextTask(n, tokenizer, sentences) for n in names]
+        self.heldout = [TokenTextTask(n, tokenizer, sentences, seed_base=2**31) for n in names]
 
     def batch(self, tasks, length: int, n: int, seed: int, memory_only: float = 0.0):
         """n samples of `length` tokens (0 = facts only, left-padded) -> tokens [n, L], targets [n, L].
@@ -160,6 +182,12 @@ class TaskData:
             before = length - self.segment_len if length > self.segment_len and rng.random() < memory_only else None
             sample_seed = rng.randrange(2**31)
             mine = take is None or i in take
+            if isinstance(task, TokenTextTask):  # text tasks: no ask_all, no memory_only
+                if mine:
+                    toks, tg = task.tokens(length, sample_seed)
+                    seqs.append(toks)
+                    tgts.append(tg)
+                continue
             if mine:
                 s, question = self._sample(task, length, sample_seed, before)
             else:
@@ -307,7 +335,13 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
             from .tasks.babi import task_words
             from .tasks.babilong import parse_task_spec
 
-            words = [w for _, n in parse_task_spec(cfg.task) for w in task_words(n)]
+            if is_text_task(cfg.task):
+                from .tasks.text import load_haystack
+
+                sentences = load_haystack(cfg.haystack or None).sentences()
+                words = [w for n in parse_text_spec(cfg.task) for w in TokenTextTask(n, None, sentences).words()]
+            else:
+                words = [w for _, n in parse_task_spec(cfg.task) for w in task_words(n)]
             grown = tokenizer.extended(words)
             if len(grown) > len(tokenizer):  # a new task's words: grow the embedding
                 log(f"init_from {cfg.init_from}: {len(grown) - len(tokenizer)} new task words {grown.vocab[len(tokenizer):]}")
@@ -391,12 +425,12 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
             acc_h = evaluate_heldout(model, data, cur, cfg.eval_samples)
             row = {"step": done, "length": cur, "heldout_acc": round(acc_h, 4), "seconds": round(seconds, 1)}
             msg = f"step {done}: held-out accuracy {acc_h:.3f} at length {cur}"
-            if cur > data.segment_len:  # also with every fact before the question's segment: the memory alone
+            if cur > data.segment_len and not is_text_task(cfg.task):  # also with every fact before the question's segment
                 row["heldout_memory_only_acc"] = round(evaluate_heldout(model, data, cur, cfg.eval_samples, memory_only=True), 4)
                 msg += f", {row['heldout_memory_only_acc']:.3f} with every fact before the question's segment"
             if len(data.tasks) > 1:  # each task alone, eval_samples / tasks samples each (at least 16)
                 per = max(16, cfg.eval_samples // len(data.tasks))
-                row["heldout_acc_per_task"] = {f"qa{n}": round(evaluate_heldout(model, data, cur, per, tasks=[t]), 4)
+                row["heldout_acc_per_task"] = {(n if isinstance(n, str) else f"qa{n}"): round(evaluate_heldout(model, data, cur, per, tasks=[t]), 4)
                                                for n, t in zip(data.tasks, data.heldout)}
                 msg += " (" + ", ".join(f"{k} {v:.2f}" for k, v in row["heldout_acc_per_task"].items()) + ")"
             history["eval"].append(row)

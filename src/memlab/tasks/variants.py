@@ -40,3 +40,68 @@ def load_variant(name: str, haystack_sentences: list[str] | None = None, config_
         return FlenqaTask(task, haystack_sentences=haystack_sentences, **knobs), {"placement": placement}
     depth = knobs.pop("depth", None)
     return RulerTask(task, haystack_sentences, **knobs), {"depth": depth}
+
+
+def is_text_task(spec: str) -> bool:
+    """True for flenqa:VARIANT,... and ruler:VARIANT,... specs."""
+    return spec.split(":")[0].strip().lower() in FAMILIES
+
+
+def parse_text_spec(spec: str) -> list[str]:
+    """'ruler:niah_single_2,vt' -> ['ruler-niah_single_2', 'ruler-vt'] (variant names, checked)."""
+    family, sep, rest = spec.partition(":")
+    family = family.strip().lower()
+    names = [f"{family}-{v.strip()}" for v in rest.split(",") if v.strip()]
+    if family not in FAMILIES or not sep or not names:
+        raise ValueError(f"text task spec must be flenqa:VARIANT[,VARIANT...] or ruler:VARIANT[,...], got {spec!r}")
+    for n in names:
+        load_variant(n)  # unknown variant: lists the known ones
+    return names
+
+
+class TokenTextTask:
+    """A FLenQA / RULER variant as memlab token samples, for models trained here: the text, then the answer words
+    fed in one at a time (teacher forcing), each predicted from the position before it. A sample counts as right
+    when every answer word is (exact match). Seeds are offset by `seed_base`, so training (base 0, seeds < 2^31)
+    and held-out samples (base 2^31) never meet."""
+
+    def __init__(self, name: str, tokenizer, haystack_sentences: list[str] | None = None, seed_base: int = 0):
+        self.name, self.tokenizer, self.seed_base = name, tokenizer, seed_base
+        self.task, self.kw = load_variant(name, haystack_sentences)
+
+    @staticmethod
+    def answers(sample) -> list[str]:
+        return [sample.answer] if hasattr(sample, "answer") else list(sample.answers)
+
+    def text_sample(self, length: int, seed: int):
+        return self.task.sample(length, self.seed_base + seed, **self.kw)
+
+    def tokens(self, length: int, seed: int) -> tuple[list[int], list[int]]:
+        """(tokens, targets): targets -100 except at the answer positions."""
+        from .text import UNK_ID
+
+        s = self.text_sample(length, seed)
+        ids = self.tokenizer.encode(s.text)
+        answer = self.tokenizer.encode(" ".join(self.answers(s)))
+        if UNK_ID in answer:
+            raise ValueError(f"{self.name}: answer {self.answers(s)} has words the tokenizer lacks; build the tokenizer "
+                             "with the task's words (memlab train does)")
+        return ids + answer[:-1], [-100] * (len(ids) - 1) + answer
+
+    def words(self, n: int = 200, length: int = 1000) -> list[str]:
+        """The words of the task itself (needles or key paragraphs, questions, answers; not the padding) over n
+        samples: what a tokenizer must hold."""
+        from .text import tokenize_words
+
+        out: dict = {}
+        for seed in range(n):
+            s = self.text_sample(length, seed)
+            if hasattr(s, "key_char_spans"):  # FLenQA: the key paragraphs
+                parts = [s.text[a:b] for a, b in s.key_char_spans]
+            elif s.meta.get("needles"):
+                parts = list(s.meta["needles"])
+            else:  # cwe: the word list is the task
+                parts = [s.text]
+            for p in parts + [s.question, " ".join(self.answers(s)), "true false"]:
+                out.update(dict.fromkeys(tokenize_words(p)))
+        return list(out)
