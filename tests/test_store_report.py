@@ -238,3 +238,29 @@ def test_report_plots_accuracy_against_consolidation_only_when_cells_report_it(t
     assert paths["consolidation"].read_bytes().startswith(PNG_MAGIC)
     assert "accuracy_vs_consolidation.png" in paths["report_md"].read_text()
     assert "accuracy_vs_consolidation.png" in paths["report_html"].read_text()
+
+
+def test_report_analyses_page_from_benchmark_results(tmp_path):
+    """`memlab report --analyses DIR`: a section per result file found, its numbers and plot."""
+    import json
+    import shutil
+
+    from memlab.analysis.pages import sections
+    from memlab.cli import main
+    from memlab.store import Cell, ResultStore
+
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "memory_keeps.json").write_text(json.dumps({
+        "command": "memory_keeps.py", "date": "2026-11-26T00:00:00", "task": "babilong:qa1", "length": 16000, "samples": 20,
+        "measure": "relative state change", "models": {"rmt-qa1": {"ratio": 13.9, "share_of_samples_above_1": 1.0}}}))
+    shutil.copyfile(__file__, res / "memory_keeps.png")  # any file stands for the plot
+    assert [s.title for s in sections(res)] == ["What recurrent memory keeps"]
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.put(Cell("m", "babilong:qa1", 1000, 10, 0.5, 0.2, 0.8, 1.0, 0.1, 1e4, 100, 1e6, "ok", None, None))
+    assert main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "rep"), "--analyses", str(res)]) in (0, None)
+    md = (tmp_path / "rep" / "analyses.md").read_text()
+    assert "| rmt-qa1 | 13.90 | 1.00 |" in md and "![What recurrent memory keeps](memory_keeps.png)" in md
+    assert (tmp_path / "rep" / "memory_keeps.png").is_file() and (tmp_path / "rep" / "analyses.html").is_file()
+    assert main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "rep2"), "--analyses",
+                 str(tmp_path / "none")]) == 2

@@ -178,7 +178,7 @@ def cmd_report(a):
 
     if not Path(a.store).is_file():  # do not create an empty store just to report that it is empty
         raise UserError(f"results store {a.store} does not exist; run `memlab eval ... --store {a.store}` first, or pass --store")
-    paths = write_report(a.store, a.out)
+    paths = write_report(a.store, a.out, analyses=a.analyses)
     for k, p in paths.items():
         print(f"{k}: {p}")
 
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="Markdown + HTML report with plots from a results store")
     r.add_argument("--store", default="runs/results.sqlite")
     r.add_argument("--out", default="runs/report")
+    r.add_argument("--analyses", metavar="DIR",
+                   help="also write analyses.md/.html from the benchmark results in DIR (e.g. benchmarks/results)")
     r.set_defaults(fn=cmd_report)
 
     d = sub.add_parser("demo", help="the main job: attention vs RMT on qa1 from 1k to 1M tokens, cost curves, report")

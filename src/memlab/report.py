@@ -506,7 +506,7 @@ def _html(title: str, intro: str, cells: list[Cell]) -> str:
 
 
 def write_report(store: ResultStore | str | Path, out_dir: str | Path,
-                 title: str = "memlab report") -> dict[str, Path]:
+                 title: str = "memlab report", analyses: str | Path | None = None) -> dict[str, Path]:
     """Write the plots, report.md and report.html for every cell in `store` into `out_dir`.
 
     Returns {'accuracy_heatmap', 'state_bytes', 'time_per_token', 'report_md', 'report_html'}
@@ -514,7 +514,7 @@ def write_report(store: ResultStore | str | Path, out_dir: str | Path,
     """
     if not isinstance(store, ResultStore):
         with ResultStore(store) as opened:
-            return write_report(opened, out_dir, title)
+            return write_report(opened, out_dir, title, analyses)
     cells = store.cells()
     if not cells:
         raise ValueError(f"no results in {store.path}; run memlab eval first")
@@ -530,4 +530,8 @@ def write_report(store: ResultStore | str | Path, out_dir: str | Path,
     intro = _intro(cells, store)
     paths["report_md"] = _write_text(out / "report.md", _markdown(title, intro, cells))
     paths["report_html"] = _write_text(out / "report.html", _html(title, intro, cells))
+    if analyses is not None:  # the benchmarks' analyses (retrieval heads, memory keeps, ...) on a page of their own
+        from .analysis.pages import write_analyses
+
+        paths.update(write_analyses(analyses, out, _write_text))
     return paths

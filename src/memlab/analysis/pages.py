@@ -1,0 +1,169 @@
+"""The analyses page of the report: `memlab report --analyses benchmarks/results` adds analyses.md and
+analyses.html beside the report, one section per benchmark result found there (retrieval heads, what memory
+keeps, the FLenQA curve, attention's cost curve, ReadAgent against its baselines, speed beside the peers). Each
+section states its numbers from the result file (with its command and date) and shows its plot; a result that
+is absent is skipped."""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Section:
+    title: str
+    source: str  # result file, command and date
+    notes: list = field(default_factory=list)  # sentences
+    table: list = field(default_factory=list)  # rows; the first is the header
+    image: str | None = None  # file name copied next to the page
+
+
+def _load(d: Path, name: str) -> dict | None:
+    p = d / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _source(name: str, r: dict) -> str:
+    return f"{name} ({r.get('command', '?')}, {r.get('date', '?')[:10]})"
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _retrieval(d: Path) -> list[Section]:
+    out = []
+    for name in ("retrieval_heads.json", "retrieval_heads_memlab.json"):
+        r = _load(d, name)
+        if r is None:
+            continue
+        model = r.get("model") or r.get("checkpoint")
+        total = r["layers"] * r["heads"]
+        s = Section(f"Retrieval heads: {model}", _source(name, r), image=name.replace(".json", ".png"))
+        s.notes.append(f"{r['heads_above_threshold']} of {total} heads ({100 * r['share_above']:.1f}%) score above "
+                       f"{r['threshold']} over {r['scoring_trials_right']} trials answered right of {r['scoring_trials']}.")
+        s.notes.append("Top heads (layer, head, score): "
+                       + ", ".join(f"({a}, {b}, {c:.2f})" for a, b, c in r["top_heads"][:5]) + ".")
+        s.table.append(["masked heads (uniform attention)", "accuracy", "wrong answers", "of which still fluent"])
+        for k, v in r["masking"].items():
+            if "draws" in v:  # several random draws
+                s.table.append([k, f"{v['accuracy_mean']:.2f} (mean of {len(v['draws'])} draws)", "", ""])
+            else:
+                fluent = v.get("wrong_but_fluent", v.get("wrong_but_a_place", ""))
+                s.table.append([k, _pct(v["accuracy"]), str(v.get("wrong", "")), str(fluent)])
+        out.append(s)
+    return out
+
+
+def _memory_keeps(d: Path) -> list[Section]:
+    r = _load(d, "memory_keeps.json")
+    if r is None:
+        return []
+    s = Section("What recurrent memory keeps", _source("memory_keeps.json", r), image="memory_keeps.png")
+    s.notes.append(f"{r['task']} at {r['length']:,} tokens, {r['samples']} samples; measure: {r['measure']}.")
+    s.table.append(["model", "fact / haystack update ratio", "samples above 1"])
+    for m, v in r["models"].items():
+        s.table.append([m, f"{v['ratio']:.2f}", f"{v['share_of_samples_above_1']:.2f}"])
+    return [s]
+
+
+def _flenqa(d: Path) -> list[Section]:
+    r = _load(d, "flenqa_curve.json")
+    if r is None:
+        return []
+    s = Section(f"FLenQA: {r['model']} ({r['mode']})", _source("flenqa_curve.json", r), image="flenqa_curve.png")
+    by_len: dict = {}
+    for row in r["rows"]:
+        by_len.setdefault(row["length"], []).append(row["accuracy"])
+    s.table.append(["padding length (words)", "cells", "mean accuracy"])
+    for L in sorted(by_len):
+        s.table.append([f"{L:,}", str(len(by_len[L])), f"{sum(by_len[L]) / len(by_len[L]):.2f}"])
+    s.notes.append(f"{r['samples_per_cell']} samples per cell; chance is 0.50.")
+    return [s]
+
+
+def _attention_cost(d: Path) -> list[Section]:
+    r = _load(d, "attention_cost.json")
+    if r is None:
+        return []
+    s = Section("Attention's cost to its limit", _source("attention_cost.json", r), image="attention_cost.png")
+    lim = r["preflight"]["eval_defaults"]
+    s.notes.append(f"Measured time per token fits {r['fit']['seconds_per_token']} s (L in tokens). The preflight refuses "
+                   f"attention from {lim['refused_from_length']:,} tokens at eval defaults ({lim['reason']}); a single "
+                   f"sample from {r['preflight']['one_sample']['refused_from_length']:,}.")
+    s.table.append(["length", "attention: projected time", "KV cache", "RMT: time at its measured rate", "RMT state"])
+    for L, p in r["projections"].items():
+        s.table.append([f"{int(L):,}", f"{p['hours']} h", f"{p['kv_bytes'] / 2**30:.1f} GiB",
+                        f"{p['rmt_seconds_at_measured_rate']} s", f"{p['rmt_state_bytes']:,} B"])
+    return [s]
+
+
+def _readagent(d: Path) -> list[Section]:
+    r = _load(d, "readagent_babilong.json")
+    if r is None:
+        return []
+    s = Section(f"ReadAgent against its baselines: {r['model']}", _source("readagent_babilong.json", r))
+    s.table.append(["method", "task", "length", "n", "accuracy [95% CI]", "compression", "calls", "s/question"])
+    for row in r["rows"]:
+        s.table.append([row["method"], row["task"], f"{row['length']:,}", str(row["samples"]),
+                        f"{row['accuracy']:.2f} [{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]", f"{row['compression_rate']:.2f}",
+                        f"{row['calls_per_question']:.1f}", f"{row['seconds_per_question']:.0f}"])
+    return [s]
+
+
+def _peers(d: Path) -> list[Section]:
+    rows = []
+    for name, peer in (("rmt_peer_speed.json", "recurrent-memory-transformer-pytorch"), ("titans_speed.json", "titans-pytorch")):
+        r = _load(d, name)
+        if r is None:
+            continue
+        for k, v in r["results"].items():
+            rows.append([peer, k, f"{v['speedup']:.2f}x", _source(name, r)])
+    if not rows:
+        return []
+    return [Section("Speed beside the peers (same configuration, one process)", "see each row",
+                    table=[["peer", "measure", "memlab faster by", "source"], *rows])]
+
+
+BUILDERS = (_retrieval, _memory_keeps, _flenqa, _attention_cost, _readagent, _peers)
+
+
+def sections(results_dir) -> list[Section]:
+    d = Path(results_dir)
+    if not d.is_dir():
+        raise ValueError(f"analyses directory {d} not found; pass the benchmarks' results folder (benchmarks/results)")
+    return [s for b in BUILDERS for s in b(d)]
+
+
+def write_analyses(results_dir, out_dir, write_text) -> dict[str, Path]:
+    """analyses.md and analyses.html in out_dir (plots copied beside them); write_text(path, text) writes atomically."""
+    secs = sections(results_dir)
+    if not secs:
+        raise ValueError(f"no analysis results in {results_dir} (expected files such as retrieval_heads.json)")
+    out = Path(out_dir)
+    for s in secs:
+        if s.image and (Path(results_dir) / s.image).is_file():
+            shutil.copyfile(Path(results_dir) / s.image, out / s.image)
+        elif s.image:
+            s.image = None
+    md, e = ["# memlab analyses", ""], html.escape
+    page = ["<!DOCTYPE html>", '<html lang="en">', '<head><meta charset="utf-8"><title>memlab analyses</title></head>',
+            "<body>", "<h1>memlab analyses</h1>"]
+    for s in secs:
+        md += [f"## {s.title}", "", f"Source: {s.source}", ""] + [f"- {n}" for n in s.notes] + [""]
+        page += [f"<h2>{e(s.title)}</h2>", f"<p>Source: {e(s.source)}</p>", "<ul>"] + [f"<li>{e(n)}</li>" for n in s.notes] + ["</ul>"]
+        if s.table:
+            md.append("| " + " | ".join(s.table[0]) + " |")
+            md.append("|" + "---|" * len(s.table[0]))
+            md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in s.table[1:]] + [""]
+            page.append("<table border='1'><tr>" + "".join(f"<th>{e(c)}</th>" for c in s.table[0]) + "</tr>")
+            page += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in s.table[1:]] + ["</table>"]
+        if s.image:
+            md += [f"![{s.title}]({s.image})", ""]
+            page.append(f'<img src="{e(s.image)}" alt="{e(s.title)}" style="max-width:100%">')
+    page += ["</body>", "</html>"]
+    return {"analyses_md": write_text(out / "analyses.md", "\n".join(md) + "\n"),
+            "analyses_html": write_text(out / "analyses.html", "\n".join(page) + "\n")}
