@@ -17,7 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_result  # noqa: E402
 
-from memlab.analysis.memory_keeps import fact_noise_ratio, fact_segments, state_updates  # noqa: E402
+from memlab.analysis.memory_keeps import (fact_noise_ratio, fact_segments, state_updates, token_fact_ratio,  # noqa: E402
+                                          token_writes)
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.evaluate import EvalSpec, task_questions  # noqa: E402
 from memlab.tasks.babilong import BabilongTask, parse_length  # noqa: E402
@@ -52,10 +53,24 @@ def main(argv=None):
         name = Path(ck).name
         out[name] = {**fact_noise_ratio(upd, masks), "kind": model.config.kind, "segments": len(bounds)}
         curves[name] = (upd[0], masks[0])
+        if model.config.kind in ("titans", "sleep", "armt"):  # inside the write: the models' own internals
+            inner = token_writes(model, np.stack([s.tokens for s in samples]))
+            for key, vals in inner.items():
+                if key == "bounds":
+                    continue
+                if model.config.kind == "armt":  # per segment: the write gate at fact segments against haystack
+                    out[name][f"write_gate_{key}"] = fact_noise_ratio(vals, masks)
+                else:
+                    out[name][f"per_token_{key}"] = token_fact_ratio(vals, [s.fact_spans for s in samples],
+                                                                     [s.question_span[0] for s in samples])
         print(name, out[name], flush=True)
     plot(curves, RESULTS / "memory_keeps.png", length)
     print(write_result("memory_keeps", {"task": f"babilong:qa{a.task}", "length": length, "samples": a.samples,
                                         "measure": "||s_t - s_(t-1)|| / ||s_(t-1)|| per segment; question segment left out",
+                                        "inner_measures": "per_token_surprise / per_token_write (Titans: ||grad|| and "
+                                                          "theta * ||grad|| per token), per_token_write (sleep: beta * "
+                                                          "||v - S k|| per token), write_gate_gate (ARMT: mean write "
+                                                          "gate per segment); fact over haystack",
                                         "models": out}))
 
 
