@@ -54,8 +54,11 @@ def parse_text_spec(spec: str) -> list[str]:
     names = [f"{family}-{v.strip()}" for v in rest.split(",") if v.strip()]
     if family not in FAMILIES or not sep or not names:
         raise ValueError(f"text task spec must be flenqa:VARIANT[,VARIANT...] or ruler:VARIANT[,...], got {spec!r}")
-    for n in names:
-        load_variant(n)  # unknown variant: lists the known ones
+    table = variants(family)
+    bad = [n for n in names if n.partition("-")[2] not in table]
+    if bad:
+        known = [f"{family}-{v}" for v in table]
+        raise ValueError(f"unknown task variant(s) {bad}; known: {', '.join(known)}")
     return names
 
 
