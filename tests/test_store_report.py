@@ -260,7 +260,7 @@ def test_report_analyses_page_from_benchmark_results(tmp_path):
         store.put(Cell("m", "babilong:qa1", 1000, 10, 0.5, 0.2, 0.8, 1.0, 0.1, 1e4, 100, 1e6, "ok", None, None))
     assert main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "rep"), "--analyses", str(res)]) in (0, None)
     md = (tmp_path / "rep" / "analyses.md").read_text()
-    assert "| rmt-qa1 | 13.90 | 1.00 |" in md and "![What recurrent memory keeps](memory_keeps.png)" in md
+    assert "| rmt-qa1 | 13.90 | 1.00 | - |" in md and "![What recurrent memory keeps](memory_keeps.png)" in md
     assert (tmp_path / "rep" / "memory_keeps.png").is_file() and (tmp_path / "rep" / "analyses.html").is_file()
     assert main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "rep2"), "--analyses",
                  str(tmp_path / "none")]) == 2

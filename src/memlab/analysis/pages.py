@@ -64,9 +64,13 @@ def _memory_keeps(d: Path) -> list[Section]:
         return []
     s = Section("What recurrent memory keeps", _source("memory_keeps.json", r), image="memory_keeps.png")
     s.notes.append(f"{r['task']} at {r['length']:,} tokens, {r['samples']} samples; measure: {r['measure']}.")
-    s.table.append(["model", "fact / haystack update ratio", "samples above 1"])
+    s.table.append(["model", "fact / haystack update ratio", "samples above 1", "inside the write (fact / haystack)"])
     for m, v in r["models"].items():
-        s.table.append([m, f"{v['ratio']:.2f}", f"{v['share_of_samples_above_1']:.2f}"])
+        inner = "; ".join(f"{k.replace('_', ' ')} {x['ratio']:.2f}" for k, x in v.items()
+                          if k.startswith(("per_token_", "write_gate_")) and isinstance(x, dict))
+        s.table.append([m, f"{v['ratio']:.2f}", f"{v['share_of_samples_above_1']:.2f}", inner or "-"])
+    if r.get("inner_measures"):
+        s.notes.append(f"Inside the write: {r['inner_measures']}.")
     return [s]
 
 
