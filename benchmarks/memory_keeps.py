@@ -64,6 +64,7 @@ def main(argv=None):
                     out[name][f"per_token_{key}"] = token_fact_ratio(vals, [s.fact_spans for s in samples],
                                                                      [s.question_span[0] for s in samples])
         print(name, out[name], flush=True)
+        write_result("memory_keeps.partial", {"models": out, "complete": False})  # kept if a later model is cut short
     plot(curves, RESULTS / "memory_keeps.png", length)
     print(write_result("memory_keeps", {"task": f"babilong:qa{a.task}", "length": length, "samples": a.samples,
                                         "measure": "||s_t - s_(t-1)|| / ||s_(t-1)|| per segment; question segment left out",
