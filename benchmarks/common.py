@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -29,3 +30,14 @@ def write_result(name: str, payload: dict) -> Path:
         json.dump(payload, f, indent=2)
     os.replace(tmp, path)
     return path
+
+
+def timed(fn, repeats: int) -> float:
+    """Best wall time of `repeats` calls of fn, after one warm-up call (for compiled runs: the compile)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best

@@ -19,26 +19,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import timed, write_result  # noqa: E402
 
 from memlab.models.registry import build_model, make_config  # noqa: E402
 from memlab.stream import stream, unroll  # noqa: E402
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up (and, for compiled runs, the compile)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None):
