@@ -94,5 +94,12 @@ def test_memlab_eval_reads_text_tasks_with_a_local_hf_model(tmp_path, capsys):
         assert st.get("hf-tiny", "ruler:niah_single_1", 120).samples == 2
     assert main(["eval", f"hf:{d}", "--task", "babilong:qa1", "--store", str(store)]) == 2
     assert "read text tasks only" in capsys.readouterr().err
-    assert main(["eval", "checkpoints/rmt-qa1", "--task", "flenqa:pir-similar", "--store", str(store)]) == 2
-    assert "take hf:PATH models" in capsys.readouterr().err
+    # a memlab checkpoint reads text tasks in its own tokens (exact match on teacher-forced answers) ...
+    assert main(["eval", "checkpoints/rmt-qa1", "--task", "flenqa:pir-similar", "--lengths", "200", "--samples", "2",
+                 "--store", str(store)]) == 0
+    with ResultStore(store) as st:
+        assert st.get("rmt-qa1", "flenqa:pir-similar", 200).samples == 2
+    # ... and one whose vocabulary lacks the task's answers is told so (RULER's values are not qa1 words)
+    assert main(["eval", "checkpoints/rmt-qa1", "--task", "ruler:niah_single_1", "--lengths", "200", "--samples", "2",
+                 "--store", str(store)]) == 2
+    assert "has words the tokenizer lacks" in capsys.readouterr().err
