@@ -216,6 +216,15 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
             on_cell and on_cell(cell)
 
 
+def _done(store: ResultStore, name: str, task: str, length: int, samples: int, log) -> bool:
+    """True (and said) when the store already holds this cell with at least `samples` samples."""
+    cell = store.get(name, task, length)
+    if cell is not None and cell.status == "ok" and cell.samples >= samples:
+        log(f"{name} {task} {length}: done already, skipped")
+        return True
+    return False
+
+
 def _my_cells():
     """True for the cells this process evaluates, in sweep order: all of them outside torchrun."""
     rank, world = rank_world()
@@ -268,9 +277,7 @@ def evaluate_text(name: str, lm, tasks, lengths, samples: int, seed: int, store:
         for length in lengths:
             if not next(mine):
                 continue
-            done = store.get(name, spec_name, length)
-            if done is not None and done.status == "ok" and done.samples >= samples:
-                log(f"{name} {spec_name} {length}: done already, skipped")
+            if _done(store, name, spec_name, length, samples, log):
                 continue
             t0, total, toks = time.perf_counter(), 0.0, 0
             for i in range(samples):
@@ -308,9 +315,7 @@ def evaluate_token_text(name: str, model, tokenizer, variants: list[str], length
         for length in lengths:
             if not next(mine):
                 continue
-            done = store.get(name, task_name, length)
-            if done is not None and done.status == "ok" and done.samples >= samples:
-                log(f"{name} {task_name} {length}: done already, skipped")
+            if _done(store, name, task_name, length, samples, log):
                 continue
             try:
                 est = preflight(model, length, 1, time_budget, samples) if not force else {}
