@@ -18,9 +18,9 @@ from memlab.stream import stream, unroll
 MODELS = {  # small configurations of every kind trained on the device
     "rmt": {"num_mem": 4, "segment_len": 32, "conv": 4, "recency": True, "mem_gate": True},
     "armt": {"num_mem": 4, "segment_len": 32, "num_sink": 2},
-    "titans": {"variant": "mac", "segment_len": 32, "chunk": 16},
+    "titans": {"variant": "mac", "segment_len": 32, "chunk": 16, "attn_conv": 4, "recency": True},
     "titans-mag": {"variant": "mag", "segment_len": 32, "chunk": 16, "window": 32},
-    "fam": {"block": 16, "segment_len": 32, "num_fam": 4},
+    "fam": {"block": 16, "segment_len": 32, "num_fam": 4, "conv": 4, "recency": True},
     "sleep": {"segment_len": 32, "sleep_passes": 2, "train_passes": [1, 2], "conv": 4, "recency": True},
     "transformer": {"window": 64},
 }

@@ -29,21 +29,32 @@ def _block_swa_reference(m, x):
     rope = rotary_tables(torch.arange(T), m.config.d_model // m.config.n_heads)
     h = m.embed(x)
     for layer in m.blocks:
-        q, k, v = rearrange(layer.attn.qkv(layer.norm1(h)), "b t (three h d) -> three b h t d", three=3, h=m.config.n_heads)
-        y = F.scaled_dot_product_attention(apply_rotary(q, *rope), apply_rotary(k, *rope), v, attn_mask=mask)
+        hn = layer.norm1(h)
+        if layer.conv is not None:  # a causal depthwise conv over the whole sequence
+            hn = hn + F.conv1d(F.pad(hn.transpose(1, 2), (layer.conv.kernel - 1, 0)), layer.conv.weight.flip(-1).unsqueeze(1),
+                               groups=hn.shape[-1]).transpose(1, 2)
+        q, k, v = rearrange(layer.attn.qkv(hn), "b t (three h d) -> three b h t d", three=3, h=m.config.n_heads)
+        bias = torch.zeros(T, T).masked_fill(~mask, float("-inf"))
+        if layer.attn.recency is not None:  # -slope * (i - j), by absolute positions
+            bias = bias - layer.attn.recency.exp()[:, None, None] * (i - j).float()
+        y = F.scaled_dot_product_attention(apply_rotary(q, *rope), apply_rotary(k, *rope), v, attn_mask=bias)
         h = h + layer.attn.proj(rearrange(y, "b h t d -> b t (h d)"))
         h = h + layer.mlp(layer.norm2(h))
     return m.lm_head(m.norm(h))
 
 
-@pytest.mark.parametrize("mem_blocks", [0, 1, 2])
-def test_without_fam_it_is_block_sliding_window_attention(mem_blocks):
-    m = _fam(num_fam=0, mem_blocks=mem_blocks)
+@pytest.mark.parametrize("mem_blocks, extra", [(0, {}), (1, {}), (2, {}), (1, dict(conv=3, recency=True))])
+def test_without_fam_it_is_block_sliding_window_attention(mem_blocks, extra):
+    """conv, recency (the RMT recipe's options): a short conv before attention, and -slope * distance."""
+    m = _fam(num_fam=0, mem_blocks=mem_blocks, **extra)
+    if m.blocks[0].attn.recency is not None:  # distinct, non-trivial slopes so that the test means something
+        for b in m.blocks:
+            b.attn.recency.data = torch.tensor([-1.0, 0.3])
     x = torch.randint(0, 61, (2, 23))
     torch.testing.assert_close(m(x).logits, _block_swa_reference(m, x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kw", [{}, dict(mem_blocks=2, num_fam=4)])
+@pytest.mark.parametrize("kw", [{}, dict(mem_blocks=2, num_fam=4), dict(conv=4, recency=True)])
 def test_streaming_equals_one_whole_sequence_pass_and_state_stops_growing(kw):
     m = _fam(**kw)
     x = torch.randint(0, 61, (2, 29))

@@ -110,7 +110,8 @@ def _titans(seed=0, **kw):
 
 
 @pytest.mark.parametrize("kw", [dict(variant="mac"), dict(variant="lmm"), dict(variant="mac", mem_depth=3, chunk=2),
-                                dict(variant="mag", window=5), dict(variant="mal", window=12)])
+                                dict(variant="mag", window=5), dict(variant="mal", window=12),
+                                dict(variant="mac", attn_conv=4, recency=True)])
 def test_titans_streaming_equals_one_whole_sequence_pass(kw):
     """One call over 29 tokens (the model cuts its segments itself) equals the runner streaming 8-token
     segments: the memory weights, momenta and conv tails carry everything across segments."""
@@ -136,19 +137,47 @@ def test_titans_outer_parameters_learn_through_the_memory():
             assert p.grad is not None and p.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("bad, msg", [(dict(chunk=3), "chunk"), (dict(variant="mag2"), "allowed: mac, mag, mal, lmm"),
+@pytest.mark.parametrize("variant", ["mac", "mag"])
+def test_titans_recency_bias_acts_by_distance(variant):
+    """A vanishing slope gives the model without the bias (same weights); a steep one makes each query
+    attend to distance 0 only (itself, and for mac its own retrieved memory), so an earlier token of the
+    segment no longer changes a later output through attention."""
+    plain = _titans(variant=variant, window=8)
+    biased = _titans(variant=variant, window=8, recency=True)
+    biased.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randint(0, 61, (1, 8))
+    for b in biased.blocks:
+        b.attn.recency.data.fill_(-30.0)
+    torch.testing.assert_close(biased(x).logits, plain(x).logits, atol=1e-5, rtol=1e-5)
+    for b in biased.blocks:
+        b.attn.recency.data.fill_(6.0)  # slope e^6 ~ 400 per token
+    y = biased(x).logits[0, 6]
+    x2 = x.clone()
+    x2[0, 2] = (x[0, 2] + 1) % 61
+    # token 2 still reaches token 6 through the memory (updated chunk by chunk): compare with the plain model
+    changed_biased = (biased(x2).logits[0, 6] - y).abs().max()
+    changed_plain = (plain(x2).logits[0, 6] - plain(x).logits[0, 6]).abs().max()
+    assert changed_biased < 0.1 * changed_plain
+
+
+@pytest.mark.parametrize("bad, msg", [(dict(chunk=3), "chunk"), (dict(variant="lmm", recency=True), "recency needs attention"), (dict(variant="mag2"), "allowed: mac, mag, mal, lmm"),
                                       (dict(mem_depth=0), "mem_depth"), (dict(max_lr=0.0), "max_lr")])
 def test_titans_bad_options(bad, msg):
     with pytest.raises(ValueError, match=msg):
         build_model(make_config("titans", **{**TINY, **bad}))
 
 
-@pytest.mark.parametrize("variant", ["lmm", "mag", "mal"])
-def test_titans_one_long_segment_equals_streaming_short_segments(variant):
+@pytest.mark.parametrize("variant, extra", [("lmm", {}), ("mag", {}), ("mal", {}),
+                                            ("mag", dict(attn_conv=3, recency=True)), ("mal", dict(attn_conv=3, recency=True))])
+def test_titans_one_long_segment_equals_streaming_short_segments(variant, extra):
     """Without mac's segment-local attention the segment length is only a runner setting: one 32-token
     segment (one attention window over it, chunks of 4) equals streaming 8-token segments, the sliding
-    window's keys/values, the memory and the conv tails carried across."""
-    m = _titans(variant=variant, segment_len=32, window=6)
+    window's keys/values, the memory and the conv tails carried across (with the recency bias: distances
+    by absolute position across the cache)."""
+    m = _titans(variant=variant, segment_len=32, window=6, **extra)
+    for b in m.blocks:
+        if extra.get("recency"):
+            b.attn.recency.data = torch.tensor([-1.0, 0.5])
     x = torch.randint(0, 61, (2, 32))
     whole = m(x).logits
     res = stream(m, x, list(range(32)), segment_len=8)

@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from .base import ModelOutput, SequenceModel, check_options
-from .blocks import MLP, Attention, apply_rotary, init_weights, rotary_tables
+from .blocks import MLP, Attention, ShortConv, apply_rotary, init_weights, rotary_tables
 
 
 @dataclass
@@ -35,6 +35,8 @@ class FAMConfig:
     num_fam: int = 8  # F feedback-memory tokens per layer (0 = block sliding-window attention)
     segment_len: int = 128  # tokens per runner segment (a multiple of block)
     rope_base: float = 10000.0  # rotary base
+    conv: int = 0  # short causal depthwise conv kernel before attention, as RMT's recipe (0 = none)
+    recency: bool = False  # learned per-head recency bias (ALiBi-initialised); FAM keys count as distance 0
     kind: str = field(default="fam")  # registry name, saved in config.json
 
 
@@ -44,20 +46,24 @@ class FAMState:
     keys: list  # per layer [B, H, <= mem_blocks * block, K] rotated keys of the memory segment
     values: list  # per layer, their values
     pos: int = 0  # absolute position of the next token
+    conv: list | None = None  # per layer [B, conv-1, D]: inputs the short conv still needs (None without conv)
 
 
 class FAMLayer(nn.Module):
     def __init__(self, c: FAMConfig):
         super().__init__()
         self.norm1, self.norm2 = nn.RMSNorm(c.d_model), nn.RMSNorm(c.d_model)
-        self.attn = Attention(c.d_model, c.n_heads, c.rope_base)
+        self.conv = ShortConv(c.d_model, c.conv) if c.conv > 1 else None
+        self.attn = Attention(c.d_model, c.n_heads, c.rope_base, c.recency)
         self.mlp = MLP(c.d_model, c.mlp_mult)
 
-    def forward(self, x, fam, cache, rope_x, rope_fam_prev, rope_fam_new):
-        """x [B, T, D] one block; fam [B, F, D]; cache (k, v) of the memory segment. Returns the block's
-        output, the next FAM, and the block's own (k, v)."""
+    def forward(self, x, fam, cache, rope_x, rope_fam_prev, rope_fam_new, conv_tail=None):
+        """x [B, T, D] one block; fam [B, F, D]; cache (k, v) of the memory segment; conv_tail: the short
+        conv's preceding inputs. Returns the block's output, the next FAM, the block's own (k, v), the tail."""
         H, T, Fn = self.attn.n_heads, x.shape[1], fam.shape[1]
         h, hf = self.norm1(x), self.norm1(fam)
+        if self.conv is not None:  # block tokens only: the FAM is not a sequence
+            h, conv_tail = self.conv(h, conv_tail)
         q, k, v = rearrange(self.attn.qkv(h), "b t (three h d) -> three b h t d", three=3, h=H)
         qf, kf, vf = rearrange(self.attn.qkv(hf), "b t (three h d) -> three b h t d", three=3, h=H)
         q, k = apply_rotary(q, *rope_x), apply_rotary(k, *rope_x)
@@ -68,14 +74,29 @@ class FAMLayer(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         ones = lambda n, m: torch.ones(n, m, dtype=torch.bool, device=x.device)  # noqa: E731
         block_mask = torch.cat((ones(T, Fn), ones(T, M), causal), 1)
-        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=block_mask)
+        y = self._attend(q, keys, vals, block_mask, Fn, M, T)
         x = x + self.attn.proj(rearrange(y, "b h t d -> b t (h d)"))
         x = x + self.mlp(self.norm2(x))
         if Fn:  # FAM queries over [previous FAM | current block]; the same feed-forward
-            yf = F.scaled_dot_product_attention(qf, torch.cat((kf, k), 2), torch.cat((vf, v), 2))
+            yf = self._attend(qf, torch.cat((kf, k), 2), torch.cat((vf, v), 2), None, Fn, 0, T)
             fam = fam + self.attn.proj(rearrange(yf, "b h t d -> b t (h d)"))
             fam = fam + self.mlp(self.norm2(fam))
-        return x, fam, (k, v)
+        return x, fam, (k, v), conv_tail
+
+    def _attend(self, q, keys, vals, mask, Fn, M, T):
+        """q over keys [FAM (Fn) | memory segment (M) | block (T)]. mask None: the FAM queries, which sit
+        after the block. With the recency bias, -slope * distance; FAM keys are at distance 0."""
+        if self.attn.recency is None:
+            return F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
+        n_q = q.shape[2]
+        q_pos = torch.arange(n_q, device=q.device) + (T if mask is None else 0)  # block starts at 0
+        k_pos = torch.arange(-M, T, device=q.device)
+        dist = (q_pos[:, None] - k_pos[None, :]).float()
+        dist = torch.cat((dist.new_zeros(n_q, Fn), dist), 1)
+        scores = (q @ keys.transpose(-1, -2)) * self.attn.head_dim**-0.5 - self.attn.recency.exp()[:, None, None] * dist
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1) @ vals
 
 
 class FAM(SequenceModel):
@@ -99,7 +120,8 @@ class FAM(SequenceModel):
         c, hd = self.config, self.config.d_model // self.config.n_heads
         empty = lambda: torch.zeros(batch_size, c.n_heads, 0, hd, device=device)  # noqa: E731
         fam = self.fam_init.to(device).unsqueeze(0).expand(batch_size, -1, -1, -1)
-        return FAMState(fam, [empty() for _ in self.blocks], [empty() for _ in self.blocks], 0)
+        conv = [torch.zeros(batch_size, c.conv - 1, c.d_model, device=device) for _ in self.blocks] if c.conv > 1 else None
+        return FAMState(fam, [empty() for _ in self.blocks], [empty() for _ in self.blocks], 0, conv)
 
     def _rope(self, start: int, n: int, device):
         return rotary_tables(torch.arange(start, start + n, device=device), self.config.d_model // self.config.n_heads,
@@ -114,6 +136,7 @@ class FAM(SequenceModel):
         B, T = tokens.shape
         state = state if state is not None else self.init_state(B, tokens.device)
         fam, keys, values, pos = list(state.fam.unbind(1)), list(state.keys), list(state.values), state.pos
+        tails = list(state.conv) if state.conv is not None else [None] * len(self.blocks)
         x_all, outs = self.embed(tokens), []
         keep = c.mem_blocks * c.block
         for s, e in segment_bounds(T, c.block):  # cut from the end, as the runner cuts its segments
@@ -122,11 +145,11 @@ class FAM(SequenceModel):
             rf_prev = self._rope(pos - c.num_fam, c.num_fam, tokens.device)  # after the previous block
             rf_new = self._rope(pos + n, c.num_fam, tokens.device)  # after this one
             for i, layer in enumerate(self.blocks):
-                x, fam[i], (k, v) = layer(x, fam[i], (keys[i], values[i]), rx, rf_prev, rf_new)
+                x, fam[i], (k, v), tails[i] = layer(x, fam[i], (keys[i], values[i]), rx, rf_prev, rf_new, tails[i])
                 keys[i] = torch.cat((keys[i], k), 2)[:, :, -keep:] if keep else k[:, :, :0]
                 values[i] = torch.cat((values[i], v), 2)[:, :, -keep:] if keep else v[:, :, :0]
             outs.append(x)
             pos += n
         h = self.norm(torch.cat(outs, 1))
-        new = FAMState(torch.stack(fam, 1), keys, values, pos)
+        new = FAMState(torch.stack(fam, 1), keys, values, pos, tails if state.conv is not None else None)
         return ModelOutput(self.lm_head(h) if return_logits else None, new, h)

@@ -141,7 +141,7 @@ from einops import rearrange  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .base import ModelOutput, SequenceModel, check_options  # noqa: E402
-from .blocks import MLP, Attention, apply_rotary, attention_mask, init_weights, rotary_tables  # noqa: E402
+from .blocks import MLP, Attention, ShortConv, apply_rotary, attention_mask, init_weights, rotary_tables  # noqa: E402
 
 VARIANTS = ("mac", "mag", "mal", "lmm")
 
@@ -162,6 +162,8 @@ class TitansConfig:
     conv: int = 4  # depthwise causal conv kernel after the q, k, v projections of the memory (1 = none)
     max_lr: float = 0.02  # the inner step size theta_t = max_lr * sigmoid(.) (the memory diverges when it is too large)
     segment_len: int = 128  # tokens per segment (mac attends within a segment)
+    attn_conv: int = 0  # short causal depthwise conv before attention, as RMT's recipe (0 = none; conv is the memory's)
+    recency: bool = False  # learned per-head recency bias on attention (ALiBi-initialised); persistent tokens: distance 0
     rope_base: float = 10000.0  # rotary base
     kind: str = field(default="titans")  # registry name, saved in config.json
 
@@ -241,10 +243,12 @@ class NeuralMemory(nn.Module):
         return self.out(reads), W, S
 
 
-def persistent_attention(attn: Attention, h, P, rope, cache=None, mask=None):
+def persistent_attention(attn: Attention, h, P, rope, cache=None, mask=None, dist=None):
     """Attention of h [B, T, D] over the persistent tokens P [Np, D] (position-free: scored with the
     unrotated queries, always visible) and over [cache | h] (rotary, causal or `mask` [T, S+T]).
-    cache: (k, v) [B, H, S, K] of earlier tokens (rotated). Returns (y [B, T, D], (k, v) of [cache | h])."""
+    cache: (k, v) [B, H, S, K] of earlier tokens (rotated). dist: float [T, S+T] query-key distances for
+    the recency bias -slope * dist (attn.recency; the persistent tokens are at distance 0).
+    Returns (y [B, T, D], (k, v) of [cache | h])."""
     H = attn.n_heads
     q, k, v = rearrange(attn.qkv(h), "b t (three h d) -> three b h t d", three=3, h=H)
     qr, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
@@ -255,7 +259,11 @@ def persistent_attention(attn: Attention, h, P, rope, cache=None, mask=None):
     if mask is None:
         mask = torch.ones(T, S, dtype=torch.bool, device=h.device).tril(S - T)
     scores = torch.cat((q @ pk.transpose(-1, -2), (qr @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))), -1)
-    w = (scores * attn.head_dim**-0.5).softmax(-1)
+    scores = scores * attn.head_dim**-0.5
+    if attn.recency is not None:
+        bias = -attn.recency.exp()[:, None, None] * dist.clamp(min=0)  # [H, T, S]; negative = masked anyway
+        scores = torch.cat((scores[..., : pk.shape[1]], scores[..., pk.shape[1]:] + bias), -1)
+    w = scores.softmax(-1)
     y = w[..., : pk.shape[1]] @ pv + w[..., pk.shape[1]:] @ v
     return attn.proj(rearrange(y, "b h t d -> b t (h d)")), (k, v)
 
@@ -267,11 +275,19 @@ class TitansBlock(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.RMSNorm(c.d_model), nn.RMSNorm(c.d_model), nn.RMSNorm(c.d_model)
         self.memory = NeuralMemory(c)
         attends = c.variant != "lmm"
-        self.attn = Attention(c.d_model, c.n_heads, c.rope_base) if attends else None
+        self.attn = Attention(c.d_model, c.n_heads, c.rope_base, c.recency) if attends else None
+        self.conv = ShortConv(c.d_model, c.attn_conv) if attends and c.attn_conv > 1 else None
         self.persistent = nn.Parameter(torch.randn(c.num_persistent, c.d_model) * 0.02) if attends else None
         self.mlp = MLP(c.d_model, c.mlp_mult)
 
-    def forward(self, x, W, S, tails, rope, cache=None, mask=None):
+    def _conv(self, h, tails):
+        """The short conv before attention (its tail is state, under tails["attn"])."""
+        if self.conv is None:
+            return h
+        h, tails["attn"] = self.conv(h, tails["attn"])
+        return h
+
+    def forward(self, x, W, S, tails, rope, cache=None, mask=None, dist=None):
         """Returns (x, W, S, (k, v) or None)."""
         kv = None
         if self.variant == "lmm":  # x + M(x), the memory learning from the block's input
@@ -280,19 +296,19 @@ class TitansBlock(nn.Module):
         elif self.variant == "mac":  # retrieve -> attend over [persistent | retrieved | segment] -> learn from y
             h = self.norm1(x)
             retrieved = self.memory.retrieve(h, W, tails)  # h_t = M*_{t-1}(q_t)
-            a = self._attend_mac(h, retrieved, rope)
+            a = self._attend_mac(self._conv(h, tails), retrieved, rope)
             y = x + a
             reads, W, S = self.memory.update(self.norm2(y), W, S, tails)  # M_t = M_{t-1}(y_t)
             x = y + a * reads  # o_t = y_t (x) M*_t(y_t), into the residual stream
         elif self.variant == "mag":  # sliding-window attention and the memory side by side, gated
             h = self.norm1(x)
-            a, kv = persistent_attention(self.attn, h, self.persistent, rope, cache, mask)
+            a, kv = persistent_attention(self.attn, self._conv(h, tails), self.persistent, rope, cache, mask, dist)
             reads, W, S = self.memory.update(h, W, S, tails)
             x = x + a * torch.sigmoid(reads)  # o = y (x) M(x)
         else:  # mal: the memory as a layer, then sliding-window attention over its output
             reads, W, S = self.memory.update(self.norm1(x), W, S, tails)
             x = x + reads
-            a, kv = persistent_attention(self.attn, self.norm2(x), self.persistent, rope, cache, mask)
+            a, kv = persistent_attention(self.attn, self._conv(self.norm2(x), tails), self.persistent, rope, cache, mask, dist)
             x = x + a
         if kv is not None:
             kv = (kv[0][:, :, -self.window:], kv[1][:, :, -self.window:])
@@ -308,7 +324,8 @@ class TitansBlock(nn.Module):
                             h=self.attn.n_heads)
         cached = (apply_rotary(k[:, :, :T], *rope), v[:, :, :T])  # the retrieved memory as if it were cached
         i, j = torch.arange(T, device=h.device)[:, None], torch.arange(T, device=h.device)[None, :]
-        y, _ = persistent_attention(self.attn, h, self.persistent, rope, cached, torch.cat((j <= i, j <= i), 1))
+        dist = (i - j).float().repeat(1, 2) if self.attn.recency is not None else None
+        y, _ = persistent_attention(self.attn, h, self.persistent, rope, cached, torch.cat((j <= i, j <= i), 1), dist)
         return y
 
 
@@ -322,6 +339,9 @@ class Titans(SequenceModel):
                    f"chunk ({c.chunk}) must divide segment_len ({c.segment_len}) so that chunks never straddle segments"),
                   (c.num_persistent >= 0 and c.conv >= 1, "num_persistent must be >= 0 and conv >= 1"),
                   (c.window >= 1, f"window must be >= 1, got {c.window}"),
+                  (c.attn_conv >= 0 and (c.attn_conv <= 1 or c.variant != "lmm"),
+                   f"attn_conv must be >= 0, and needs attention (variant mac, mag or mal), got {c.attn_conv} with {c.variant!r}"),
+                  (not c.recency or c.variant != "lmm", "recency needs attention: variant mac, mag or mal, not 'lmm'"),
                   (0 < c.max_lr <= 1, f"max_lr must be in (0, 1], got {c.max_lr}")]
         check_options(checks)
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
@@ -341,6 +361,9 @@ class Titans(SequenceModel):
 
     def init_state(self, batch_size: int, device=None) -> TitansState:
         Ws, Ss, tails = zip(*(b.memory.init_state(batch_size, device) for b in self.blocks))
+        for b, tail in zip(self.blocks, tails):
+            if b.conv is not None:
+                tail["attn"] = torch.zeros(batch_size, b.conv.kernel - 1, self.config.d_model, device=device)
         keys = values = None
         if self.config.variant in ("mag", "mal"):
             c = self.config
@@ -370,17 +393,18 @@ class Titans(SequenceModel):
             k_pos = torch.arange(state.pos - cached, state.pos + T, device=tokens.device)
             rope = rotary_tables(q_pos, c.d_model // c.n_heads, c.rope_base)
             mask = attention_mask(q_pos, k_pos, c.window)
+            dist = (q_pos[:, None] - k_pos[None, :]).float() if c.recency else None
         else:  # positions restart every segment
             key = (T, str(tokens.device))
             if key not in self._rope:
                 self._rope[key] = rotary_tables(torch.arange(T, device=tokens.device), c.d_model // c.n_heads, c.rope_base)
-            rope, mask = self._rope[key], None
+            rope, mask, dist = self._rope[key], None, None
         x = self.embed(tokens)
         Ws, Ss, tails, keys, values = [], [], [], [], []
         for i, block in enumerate(self.blocks):
             tail = dict(state.tails[i])
             cache = (state.keys[i], state.values[i]) if windowed else None
-            x, W, S, kv = block(x, state.W[i], state.S[i], tail, rope, cache, mask)
+            x, W, S, kv = block(x, state.W[i], state.S[i], tail, rope, cache, mask, dist)
             Ws.append(W)
             Ss.append(S)
             tails.append(tail)
