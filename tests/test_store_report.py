@@ -264,3 +264,21 @@ def test_report_analyses_page_from_benchmark_results(tmp_path):
     assert (tmp_path / "rep" / "memory_keeps.png").is_file() and (tmp_path / "rep" / "analyses.html").is_file()
     assert main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "rep2"), "--analyses",
                  str(tmp_path / "none")]) == 2
+
+
+def test_analyses_scale_section_lists_the_gpu_sessions_long_cells(tmp_path):
+    """Cells of a million tokens or more from gpu_session*/results.json enter the scale section, each row naming
+    its session; shorter cells and refused ones do not."""
+    import json
+
+    from memlab.analysis.pages import sections
+
+    cell = dict(model="rmt-qa1", task="babilong:qa1", samples=20, accuracy=0.5, ci_low=0.3, ci_high=0.7,
+                tokens_per_s=1.18e6, state_bytes=8192, status="ok")
+    g = tmp_path / "gpu_session9"
+    g.mkdir()
+    (g / "results.json").write_text(json.dumps({"date": "2026-11-26T11:00:00", "machine": {"gpu": "H100"}, "cells": [
+        {**cell, "length": 11_000_000}, {**cell, "length": 4000}, {**cell, "length": 2_000_000, "status": "refused"}]}))
+    (s,) = sections(tmp_path)
+    assert s.table[1:] == [["rmt-qa1", "11,000,000", "20", "0.50 [0.30, 0.70]", "1,180,000", "8,192 B",
+                            "gpu_session9 (H100, 2026-11-26)"]]

@@ -1,8 +1,8 @@
 """The analyses page of the report: `memlab report --analyses benchmarks/results` adds analyses.md and
 analyses.html beside the report, one section per benchmark result found there (retrieval heads, what memory
-keeps, the FLenQA curve, attention's cost curve, ReadAgent against its baselines, speed beside the peers). Each
-section states its numbers from the result file (with its command and date) and shows its plot; a result that
-is absent is skipped."""
+keeps, the FLenQA curve, attention's cost curve, ReadAgent against its baselines, speed beside the peers,
+streaming at scale). Each section states its numbers from the result file (with its command and date) and
+shows its plot; a result that is absent is skipped."""
 from __future__ import annotations
 
 import html
@@ -132,7 +132,38 @@ def _peers(d: Path) -> list[Section]:
                     table=[["peer", "measure", "memlab faster by", "source"], *rows])]
 
 
-BUILDERS = (_retrieval, _memory_keeps, _flenqa, _attention_cost, _readagent, _peers)
+def _scale(d: Path) -> list[Section]:
+    """Streaming at scale: the CPU's throughput and peak memory against length (streaming.json), and every
+    cell of a million tokens or more from the GPU sessions (gpu_session*/results.json)."""
+    out = []
+    r = _load(d, "streaming.json")
+    if r is not None:
+        s = Section("Streaming cost against length (CPU)", _source("streaming.json", r))
+        s.table.append(["model", "length", "batch", "segment", "compiled", "tokens/s", "state per sample", "peak RSS"])
+        for m in ("rmt", "transformer"):
+            for row in r.get(m, []):
+                s.table.append([m, f"{row['length']:,}", str(row["batch"]), str(row.get("segment_len", "-")),
+                                "yes" if row.get("compiled") else "no", f"{row['tokens_per_s']:,}",
+                                f"{row['state_bytes_per_sample']:,} B", f"{row['peak_rss_bytes'] / 2**20:.0f} MiB"])
+        out.append(s)
+    rows = []
+    for f in sorted(d.glob("gpu_session*/results.json")):
+        g = json.loads(f.read_text())
+        for c in g["cells"]:
+            if c["length"] >= 1_000_000 and c.get("status", "ok") == "ok":
+                rows.append([c["model"], f"{c['length']:,}", str(c["samples"]),
+                             f"{c['accuracy']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]", f"{c['tokens_per_s']:,.0f}",
+                             f"{c['state_bytes']:,} B", f"{f.parent.name} ({g['machine'].get('gpu', '?')}, {g['date'][:10]})"])
+    if rows:
+        out.append(Section("Recurrent models at a million tokens and beyond (qa1, book haystack)",
+                           "gpu_session*/results.json (each row names its session)",
+                           notes=["The state is the same size at every length; attention's cost at these lengths is "
+                                  "projected in the section on its cost curve."],
+                           table=[["model", "length", "samples", "accuracy [95% CI]", "tokens/s", "state", "session"], *rows]))
+    return out
+
+
+BUILDERS = (_retrieval, _memory_keeps, _flenqa, _attention_cost, _readagent, _peers, _scale)
 
 
 def sections(results_dir) -> list[Section]:
