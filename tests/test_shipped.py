@@ -1,0 +1,24 @@
+"""The shipped checkpoints still answer: each one, on 48 held-out qa1 questions at 1,000 tokens of book haystack
+(the demo's samples, seed 0), scores well above the "most recently mentioned place" guess (~0.5 on these
+stories). Guards the checkpoints against a model change that would silently break loading them."""
+from pathlib import Path
+
+import pytest
+
+from memlab.checkpoint import load_checkpoint
+from memlab.evaluate import EvalSpec, evaluate_checkpoint
+from memlab.store import ResultStore
+
+ROOT = Path(__file__).resolve().parents[1]
+# name -> accuracy measured at 1k on 100 samples (benchmarks/results/demo, armt, fam)
+SHIPPED = {"rmt-qa1": 1.00, "transformer-qa1": 0.97, "armt-qa1": 0.89, "fam-qa1": 0.86}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_checkpoint_answers_qa1_at_1k(name, books, babi_dir, tmp_path):
+    model, tok, _ = load_checkpoint(ROOT / "checkpoints" / name)
+    spec = EvalSpec([1], [1000], 48, 8, 0, [str(b) for b in books], str(babi_dir))
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        evaluate_checkpoint(name, model, tok, spec, store, log=lambda *a: None)
+        (cell,) = store.cells()
+    assert cell.samples == 48 and cell.accuracy >= 0.7, (name, cell.accuracy, SHIPPED[name])
