@@ -4,19 +4,7 @@
 # training, streams RMT and ARMT at 1M and 11M tokens, then evaluates the new checkpoints and the sleep curve.
 # Each job has a wall-clock share (the session has ~10 minutes); a job cut short keeps its last checkpoint.
 # Needs ../shared/data (here linked from .data when absent). Results: $OUT/*.tar (checkpoints, logs, stores).
-set -u
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT" gl
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-[ -d ../shared/data ] || { mkdir -p ../shared && ln -sfn "$PWD/.data" ../shared/data; }
-M="python3 -m memlab"
-DEV=${DEV:-cuda}
-BOOKS=$(ls ../shared/data/books/*.txt)
-T0=$SECONDS
-left() { echo $(( $1 - (SECONDS - T0) )); }  # seconds until mark $1
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print(torch.__version__)"; date -u; } > gl/machine.txt 2>&1
-timeout 120 python3 benchmarks/device_check.py --device $DEV 2>&1 | tee gl/device_check.log
-[ "${PIPESTATUS[0]}" = 0 ] || { tar -cf "$OUT/results.tar" gl; exit 1; }
+. benchmarks/gpu_env.sh  # OUT, M, DEV, BOOKS, left(); machine.txt; the device check
 
 TRAIN_END=${TRAIN_END:-370}; EVAL_END=${EVAL_END:-545}
 for m in titans fam; do

@@ -5,19 +5,7 @@
 # models this small, so the jobs run side by side). Each job has a wall-clock share; a job cut short keeps its
 # last checkpoint, and every finished cell is in a store. Needs ../shared/data (linked from .data when absent).
 # Results: $OUT/*.tar (logs and stores; checkpoints without trainer state; trainer states apart).
-set -u
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT" gl
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-[ -d ../shared/data ] || { mkdir -p ../shared && ln -sfn "$PWD/.data" ../shared/data; }
-M="python3 -m memlab"
-DEV=${DEV:-cuda}
-BOOKS=$(ls ../shared/data/books/*.txt)
-T0=$SECONDS
-left() { echo $(( $1 - (SECONDS - T0) )); }  # seconds until mark $1
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print(torch.__version__)"; date -u; } > gl/machine.txt 2>&1
-timeout 90 python3 benchmarks/device_check.py --device $DEV 2>&1 | tee gl/device_check.log
-[ "${PIPESTATUS[0]}" = 0 ] || { tar -cf "$OUT/results.tar" gl; exit 1; }
+CHECK_TIMEOUT=90 . benchmarks/gpu_env.sh  # OUT, M, DEV, BOOKS, left(); machine.txt; the device check
 
 STAGE1_END=${STAGE1_END:-290}; TRAIN_END=${TRAIN_END:-390}; EVAL_END=${EVAL_END:-520}
 for m in titans fam; do
