@@ -126,6 +126,20 @@ def test_titans_streaming_equals_one_whole_sequence_pass(kw):
     assert state_nbytes(stream(m, torch.randint(0, 61, (2, 200)), [199]).state) == state_nbytes(res.state)
 
 
+def test_titans_compiled_stream_equals_eager():
+    """MAC streamed through torch.compile (stream(compile=True): every segment without an answer) gives the eager
+    logits and state. Its state holds no position (mac restarts positions each segment): a changing Python int
+    there would be baked into the graph, and the compiled stream's state would go wrong."""
+    m = _titans(variant="mac", attn_conv=4, recency=True)
+    x = torch.randint(0, 61, (2, 8 * 12))
+    eager, compiled = stream(m, x, [5, 95]), stream(m, x, [5, 95], compile=True)
+    torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-4, rtol=1e-4)
+    for a, b in zip(compiled.state.W + compiled.state.S, eager.state.W + eager.state.S):
+        for wa, wb in zip(a, b):
+            torch.testing.assert_close(wa, wb, atol=1e-4, rtol=1e-4)
+    assert compiled.state.pos == eager.state.pos == 0
+
+
 def test_titans_outer_parameters_learn_through_the_memory():
     """A loss at the end of the third segment reaches the first segment's embeddings (only through the
     memory: mac attends within a segment) and every memory projection and gate."""

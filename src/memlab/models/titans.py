@@ -175,7 +175,7 @@ class TitansState:
     tails: list  # per block: {stream name: [B, conv-1, D]} inputs the memory's convolutions still need
     keys: list | None = None  # mag, mal: per block [B, H, <= window, K] rotated keys of the last tokens
     values: list | None = None  # mag, mal: per block, their values
-    pos: int = 0  # absolute position of the next token
+    pos: int = 0  # mag, mal: absolute position of the next token (mac, lmm: always 0, positions restart every segment)
 
 
 def causal_dwconv(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor):
@@ -411,5 +411,8 @@ class Titans(SequenceModel):
             if windowed:
                 keys.append(kv[0])
                 values.append(kv[1])
-        new = TitansState(Ws, Ss, tails, keys if windowed else None, values if windowed else None, state.pos + T)
+        # mac and lmm restart positions every segment: they carry no position, so the state holds no Python int
+        # that changes from segment to segment (a compiled forward would bake one in: torch.compile, stream.py)
+        new = TitansState(Ws, Ss, tails, keys if windowed else None, values if windowed else None,
+                          state.pos + T if windowed else 0)
         return self.norm(x), new
