@@ -282,3 +282,27 @@ def test_analyses_scale_section_lists_the_gpu_sessions_long_cells(tmp_path):
     (s,) = sections(tmp_path)
     assert s.table[1:] == [["rmt-qa1", "11,000,000", "20", "0.50 [0.30, 0.70]", "1,180,000", "8,192 B",
                             "gpu_session9 (H100, 2026-11-26)"]]
+
+
+def test_analyses_side_by_side_section_puts_every_shipped_model_on_one_table(tmp_path):
+    """The demo's cells and each model folder's own cells make one table (a model row, a length column); a
+    model's cells come from the first folder that has them, refused cells say so, missing ones are '-'."""
+    import json
+
+    from memlab.analysis.pages import sections
+
+    def cell(model, length, acc, status="ok"):
+        return dict(model=model, task="babilong:qa1", length=length, samples=100, accuracy=acc,
+                    state_bytes=length * 3 if model == "transformer-qa1" else 8192, status=status)
+
+    for name, cells in (("demo", [cell("rmt-qa1", 1000, 1.0), cell("transformer-qa1", 1000, 0.97),
+                                  cell("transformer-qa1", 16000, None, "out_of_budget")]),
+                        ("titans", [cell("titans-qa1", 1000, 0.9), cell("titans-qa1", 16000, 0.74),
+                                    cell("rmt-qa1", 1000, 0.5)])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"date": "2026-11-26", "cells": cells}))
+    (s,) = sections(tmp_path)
+    assert s.table == [["model", "1,000", "16,000", "state per sample (shortest to longest)"],
+                       ["rmt-qa1", "1.00 (100)", "-", "8,192 B"],
+                       ["transformer-qa1", "0.97 (100)", "refused", "3,000 B to 48,000 B"],
+                       ["titans-qa1", "0.90 (100)", "0.74 (100)", "8,192 B"]]

@@ -1,7 +1,7 @@
 """The analyses page of the report: `memlab report --analyses benchmarks/results` adds analyses.md and
 analyses.html beside the report, one section per benchmark result found there (retrieval heads, what memory
 keeps, the FLenQA curve, attention's cost curve, ReadAgent against its baselines, speed beside the peers,
-streaming at scale). Each section states its numbers from the result file (with its command and date) and
+streaming at scale, every shipped model on the demo's samples). Each section states its numbers from the result file (with its command and date) and
 shows its plot; a result that is absent is skipped."""
 from __future__ import annotations
 
@@ -163,7 +163,46 @@ def _scale(d: Path) -> list[Section]:
     return out
 
 
-BUILDERS = (_retrieval, _memory_keeps, _flenqa, _attention_cost, _readagent, _peers, _scale)
+# where each shipped model's evaluation on the demo's samples lives (the demo holds RMT and attention)
+SIDE_BY_SIDE = ("demo", "armt", "fam", "titans")
+
+
+def _side_by_side(d: Path) -> list[Section]:
+    """Every shipped model on the demo's qa1 samples, one row per model, one column per length, from
+    demo/results.json and the per-model folders (armt, fam, titans: each copies the demo's cells beside its own).
+    A model's cells are taken from the first folder that has them."""
+    found, sources = {}, []
+    for name in SIDE_BY_SIDE:
+        r = _load(d, f"{name}/results.json")
+        if r is None:
+            continue
+        sources.append(f"{name}/results.json ({r.get('date', '?')[:10]})")
+        for c in r["cells"]:
+            if c["task"] == "babilong:qa1":
+                found.setdefault(c["model"], {}).setdefault(c["length"], c)
+    if not found:
+        return []
+    lengths = sorted({n for cells in found.values() for n in cells})
+
+    def entry(c):
+        if c is None:
+            return "-"
+        if c.get("status", "ok") != "ok":
+            return "refused"
+        return f"{c['accuracy']:.2f} ({c['samples']})"
+
+    table = [["model", *(f"{n:,}" for n in lengths), "state per sample (shortest to longest)"]]
+    for model, cells in found.items():
+        states = [cells[n]["state_bytes"] for n in sorted(cells) if cells[n].get("state_bytes")]
+        state = "-" if not states else f"{states[0]:,} B" if len(set(states)) == 1 else f"{states[0]:,} B to {states[-1]:,} B"
+        table.append([model, *(entry(cells.get(n)) for n in lengths), state])
+    return [Section("Every shipped model on the demo's samples (qa1, book haystack, CPU)", "; ".join(sources),
+                    notes=["Accuracy (samples) on the same held-out questions and haystack at each length; "
+                           "'refused': attention's cost was over the demo's limits (its time or memory budget)."],
+                    table=table)]
+
+
+BUILDERS = (_retrieval, _memory_keeps, _flenqa, _attention_cost, _readagent, _peers, _scale, _side_by_side)
 
 
 def sections(results_dir) -> list[Section]:
