@@ -306,3 +306,16 @@ def test_analyses_side_by_side_section_puts_every_shipped_model_on_one_table(tmp
                        ["rmt-qa1", "1.00 (100)", "-", "8,192 B"],
                        ["transformer-qa1", "0.97 (100)", "refused", "3,000 B to 48,000 B"],
                        ["titans-qa1", "0.90 (100)", "0.74 (100)", "8,192 B"]]
+
+
+def test_analyses_page_reads_every_committed_result_file():
+    """The analyses page builds from the benchmark results committed in this repository (each result file's
+    current format): a format change in a benchmark script must not break `memlab report --analyses`."""
+    from pathlib import Path
+
+    from memlab.analysis.pages import sections
+
+    res = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    titles = [s.title for s in sections(res)]
+    for expected in ("What recurrent memory keeps", "FLenQA", "Every shipped model on the demo's samples"):
+        assert any(t.startswith(expected) for t in titles), (expected, titles)

@@ -85,7 +85,9 @@ def _flenqa(d: Path) -> list[Section]:
     s.table.append(["padding length (words)", "cells", "mean accuracy"])
     for L in sorted(by_len):
         s.table.append([f"{L:,}", str(len(by_len[L])), f"{sum(by_len[L]) / len(by_len[L]):.2f}"])
-    s.notes.append(f"{r['samples_per_cell']} samples per cell; chance is 0.50.")
+    # older files say samples_per_cell; flenqa_curve.py writes the samples of each row
+    n = sorted({row["samples"] for row in r["rows"] if "samples" in row}) or [r.get("samples_per_cell", "?")]
+    s.notes.append(f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} samples per cell; chance is 0.50.")
     return [s]
 
 
