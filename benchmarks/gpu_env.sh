@@ -10,7 +10,8 @@ M="python3 -m memlab"
 DEV=${DEV:-cuda}
 BOOKS=$(ls ../shared/data/books/*.txt)
 T0=$SECONDS
-left() { echo $(( $1 - (SECONDS - T0) )); }  # seconds until mark $1
+# seconds until mark $1, at least 1: `timeout 0` would mean no limit at all (a job past its mark must stop)
+left() { local s=$(( $1 - (SECONDS - T0) )); echo $(( s > 1 ? s : 1 )); }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print(torch.__version__)"; date -u; } > gl/machine.txt 2>&1
 timeout ${CHECK_TIMEOUT:-120} python3 benchmarks/device_check.py --device $DEV 2>&1 | tee gl/device_check.log
 [ "${PIPESTATUS[0]}" = 0 ] || { tar -cf "$OUT/results.tar" gl; exit 1; }
