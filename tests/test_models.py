@@ -203,6 +203,33 @@ def test_rmt_gated_memory_can_keep_its_state():
         assert torch.allclose(m(x, state).state.memory, plain(x, state).state.memory, atol=1e-5)
 
 
+def test_write_cost_adds_the_mean_write_gate_and_trains_the_gate():
+    """unroll(write_cost=c) adds c * the mean write gate of the segments that get gradients; the gate's
+    weights then get gradient from it; a model with no gated write is refused with the fix named."""
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", num_mem=4, segment_len=8, mem_gate=True, **TINY))
+    x = torch.randint(0, 61, (2, 24))
+    y = torch.full((2, 24), -100)
+    y[:, -1] = 3
+    seen = []
+    hook = m.gate.register_forward_hook(lambda _m, _i, out: seen.append(torch.sigmoid(out).mean()))
+    base, _, _ = unroll(m, x, y)
+    seen.clear()
+    priced, _, _ = unroll(m, x, y, write_cost=0.5)
+    hook.remove()
+    assert len(seen) == 3  # three segments, all inside the (full) BPTT window
+    assert torch.allclose(priced - base, 0.5 * torch.stack(seen).mean(), atol=1e-6)
+    m.zero_grad()
+    y[:] = -100  # no answers: the price alone must still reach the gate
+    y[:, 7] = 3
+    only, _, _ = unroll(m, x[:, :8], y[:, :8], write_cost=1.0)
+    (only - unroll(m, x[:, :8], y[:, :8])[0]).backward()
+    assert m.gate.bias.grad is not None and (m.gate.bias.grad > 0).all()  # every gate is pushed to close
+    plain = build_model(make_config("rmt", num_mem=4, segment_len=8, **TINY))
+    with pytest.raises(ValueError, match="mem_gate: true.*write_cost to 0"):
+        unroll(plain, x, y, write_cost=0.1)
+
+
 @pytest.mark.parametrize("near", [False, True])
 def test_rmt_fused_recency_equals_explicit_distances(near):
     """RMT applies the recency bias through causal SDPA (RecencyFeatures); it must equal the written-out

@@ -48,6 +48,8 @@ def test_bad_configs_and_checkpoints(tmp_path):
         train_config_from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="bptt_depth"):
         train_config_from_dict({"bptt_depth": 0})
+    with pytest.raises(ValueError, match="write_cost must be >= 0"):
+        train_config_from_dict({"write_cost": -0.1})
     bad = tmp_path / "r.yaml"
     bad.write_text("steps: [unclosed")
     with pytest.raises(ValueError, match="not valid YAML"):
@@ -90,6 +92,23 @@ def test_ask_all_adds_every_persons_latest_place_to_training_samples_only():
     assert extra > 0
     _, y_held = data.batch(data.heldout, 120, 8, seed=3)
     assert ((y_held != -100).sum(1) == 1).all()
+
+
+def test_qa2_state_questions_agree_with_every_real_and_generated_answer(babi_dir):
+    """ask_all on qa2: people's and objects' places read back from the facts; the derived place of the asked
+    object equals the file's answer for every question of the real qa2 file and of generated stories."""
+    from memlab.tasks.babi import Question, generate_babi, parse_babi, state_questions
+
+    q = Question(("Mary went to the kitchen.", "Mary got the milk there.", "John moved to the hallway.",
+                  "Mary travelled to the office.", "Mary dropped the milk.", "John picked up the apple."),
+                 "Where is the milk?", "office", (4, 3), 2)
+    assert state_questions(q) == [("Where is Mary?", "office"), ("Where is John?", "hallway"),
+                                  ("Where is the apple?", "hallway"), ("Where is the milk?", "office")]
+    real = parse_babi((babi_dir / "qa2_two-supporting-facts_train.txt").read_text(), 2)
+    for question in real + generate_babi(2, 500, seed=1):
+        assert dict(state_questions(question))[question.question] == question.answer
+    with pytest.raises(ValueError, match="neither a move"):
+        state_questions(Question(("Mary sang.",), "Where is Mary?", "x", (0,), 2))
 
 
 def test_memory_only_samples_keep_every_fact_out_of_the_question_segment():

@@ -119,7 +119,8 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
     return StreamResult(logits.float(), state, L, totals)
 
 
-def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: int | None = None, lm_weight: float = 0.0):
+def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: int | None = None, lm_weight: float = 0.0,
+           write_cost: float = 0.0):
     """Training unroll with truncated BPTT.
 
     tokens: [B, L]; targets: [B, L] long with -100 where there is no answer to predict (the answer
@@ -127,6 +128,9 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     `bptt_depth` segments (None = full BPTT): the state is detached at segment boundaries counted from
     the last segment, so the final (answer) segment always gets the full depth.
     lm_weight > 0 adds next-token language-model loss on every position (an auxiliary objective).
+    write_cost > 0 adds write_cost * the mean write gate (the fraction of memory rewritten per segment, over the
+    segments that get gradients) of a model that reports one (`aux["write_gate"]`: rmt with mem_gate): a price on
+    rewriting memory, so that segments with nothing to store learn to leave it as it is.
     Returns (loss, answer accuracy tensor, number of answer targets)."""
     device = model_device(model)
     x, y = _as_tensor(tokens, device), _as_tensor(targets, device)
@@ -135,6 +139,7 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     n = len(bounds)
     state = model.init_state(B, x.device)
     total, correct, count, lm_total, lm_count = 0.0, 0, 0, 0.0, 0
+    gates = []
     cut = [bptt_depth is not None and j > 0 and (n - j) % bptt_depth == 0 for j in range(n)]
     # a segment needs a graph only if a loss after it, before the next cut, can reach it: long samples whose
     # answers sit at the end run their early windows without autograd (same losses and gradients)
@@ -149,6 +154,12 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
         with torch.set_grad_enabled(torch.is_grad_enabled() and needs[j]):
             out = model(x[:, s:e], state, return_logits=False)
         state = out.state
+        if write_cost > 0:
+            if "write_gate" not in out.aux:
+                raise ValueError(f"write_cost needs a model with a gated memory write (rmt with mem_gate: true); "
+                                 f"{type(model).__name__} reports none: set write_cost to 0")
+            if out.aux["write_gate"].requires_grad:
+                gates.append(out.aux["write_gate"].mean())
         mask = y[:, s:e] != -100
         if mask.any():
             logits = model.logits(out.hidden[mask])
@@ -164,4 +175,6 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     loss = total / max(count, 1)
     if lm_weight > 0 and lm_count:
         loss = loss + lm_weight * lm_total / lm_count
+    if gates:
+        loss = loss + write_cost * torch.stack(gates).mean()
     return loss, correct / max(count, 1), count

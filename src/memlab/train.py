@@ -38,9 +38,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # max grad norm
     bptt_depth: int | None = None  # None = full BPTT through every segment of a sample
     lm_weight: float = 0.0  # auxiliary next-token loss weight
+    write_cost: float = 0.0  # weight of the mean memory write gate in the loss (rmt with mem_gate; see stream.unroll)
     train_pool: int = 50000  # generated training questions (seed-determined)
     max_facts: int | None = None  # cap facts per generated question (None = as in bAbI)
-    ask_all: bool = False  # training samples also ask about every person of the story after the question (qa1)
+    ask_all: bool = False  # training samples also ask about every person (qa1, qa2) and object (qa2) after the question
     memory_only: float = 0.0  # fraction of training samples (> 1 segment) with every fact before the question's segment
     vocab_size: int = 2048  # tokenizer size: task words + most frequent haystack words
     haystack: list = field(default_factory=list)  # text files; empty = procedural haystack
@@ -89,6 +90,7 @@ def validate(cfg: TrainConfig):
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.bptt_depth is None or cfg.bptt_depth >= 1, f"bptt_depth must be >= 1 or null, got {cfg.bptt_depth}"),
+        (cfg.write_cost >= 0, f"write_cost must be >= 0 (0 = no price on memory writes), got {cfg.write_cost}"),
         (0.0 <= cfg.memory_only <= 1.0, f"memory_only must be a fraction in [0, 1], got {cfg.memory_only}"),
         (_device_ok(cfg.device), device_error(cfg.device)),
         (len(cfg.lengths) >= 1 and all(int(x) >= 0 for x in cfg.lengths), f"lengths must be non-negative, got {cfg.lengths}"),
@@ -297,8 +299,8 @@ class _Unroll(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, y, bptt_depth=None, lm_weight=0.0):
-        return unroll(self.model, x, y, bptt_depth, lm_weight=lm_weight)
+    def forward(self, x, y, bptt_depth=None, lm_weight=0.0, write_cost=0.0):
+        return unroll(self.model, x, y, bptt_depth, lm_weight=lm_weight, write_cost=write_cost)
 
 
 def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> dict:
@@ -394,11 +396,11 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
         x, y = pad_batch(seqs, tgts, dist.all_max(max(map(len, seqs)), device) if world > 1 else None)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        loss, acc, count = run(x, y, cfg.bptt_depth, cfg.lm_weight)
+        loss, acc, count = run(x, y, cfg.bptt_depth, cfg.lm_weight, cfg.write_cost)
         opt.zero_grad(set_to_none=True)
         if world > 1:  # DDP averages gradients over processes: weight each by its share of the answers
             loss_sum, correct, total = dist.all_sum(loss.item() * count, acc * count, count, device=device)
-            weight = count * world / max(total, 1) if cfg.lm_weight == 0 else 1.0  # with an LM loss: mean of means
+            weight = count * world / max(total, 1) if cfg.lm_weight == 0 and cfg.write_cost == 0 else 1.0  # else: mean of means
             (loss * weight).backward()
             loss, acc = torch.tensor(loss_sum / max(total, 1)), correct / max(total, 1)
         else:

@@ -95,6 +95,9 @@ class RMT(SequenceModel):
             out_h, new_mem = h[:, : len(keep)], h[:, len(keep) :]
         else:
             out_h, new_mem = h[:, M : M + T], h[:, M + T :]
+        aux = {}
         if self.gate is not None:  # keep what the write does not replace: noise segments can leave memory as it is
-            new_mem = mem + torch.sigmoid(self.gate(new_mem)) * (new_mem - mem)
-        return ModelOutput(self.lm_head(out_h) if return_logits else None, MemoryState(new_mem), out_h)
+            g = torch.sigmoid(self.gate(new_mem))
+            new_mem = mem + g * (new_mem - mem)
+            aux["write_gate"] = g  # [B, M, D]: the fraction of each memory entry rewritten (unroll's write_cost)
+        return ModelOutput(self.lm_head(out_h) if return_logits else None, MemoryState(new_mem), out_h, aux)

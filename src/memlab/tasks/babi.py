@@ -53,16 +53,37 @@ class Question:
 
 
 def state_questions(question: Question) -> list[tuple[str, str]]:
-    """Every question the story's state answers at this point, as (question, answer): for qa1, "Where is P?"
-    for each person moved so far, in order of first mention. Training uses them as extra supervision (the
-    state must hold every person's place, not only the asked one). Other tasks: [] (not derived yet)."""
-    if question.task != 1:
+    """Every question the story's state answers at this point, as (question, answer). qa1: "Where is P?" for
+    each person moved so far, in order of first mention. qa2: the same for people, then "Where is the O?" for
+    each object whose place is known (where its holder is, or where it was dropped). Training uses them as extra
+    supervision (the state must hold every person's and object's place, not only the asked one); the facts are
+    read back from their words, so generated and original stories give the same questions. Other tasks: []."""
+    if question.task not in (1, 2):
         return []
-    where: dict[str, str] = {}
+    where: dict[str, str] = {}  # person -> place
+    holder: dict[str, str] = {}  # object -> person
+    floor: dict[str, str | None] = {}  # object -> place it was dropped (None: its dropper's place was unknown)
     for fact in question.facts:
         words = fact.rstrip(".").split()
-        where[words[0]] = words[-1]
-    return [(f"Where is {p}?", place) for p, place in where.items()]
+        person, rest = words[0], " ".join(words[1:])
+        if any(rest.startswith(v + " the ") for v in MOVE_VERBS):
+            where[person] = words[-1]
+        elif any(rest.startswith(v + " the ") for v in GET_VERBS + DROP_VERBS):
+            obj = words[words.index("the") + 1]
+            if any(rest.startswith(v + " the ") for v in GET_VERBS):
+                holder[obj] = person
+                floor.pop(obj, None)
+            else:
+                holder.pop(obj, None)
+                floor[obj] = where.get(person)
+        else:
+            raise ValueError(f"state_questions: qa{question.task} fact {fact!r} is neither a move, a get nor a drop")
+    out = [(f"Where is {p}?", place) for p, place in where.items()]
+    for obj in sorted(set(holder) | set(floor)):
+        place = where.get(holder[obj]) if obj in holder else floor[obj]
+        if place is not None:
+            out.append((f"Where is the {obj}?", place))
+    return out
 
 
 # ----------------------------------------------------------------------------- reading / writing
