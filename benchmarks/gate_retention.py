@@ -32,14 +32,19 @@ DATA = ROOT.parent / "shared" / "data"
 def gate_stats(model, task, length: int, n: int) -> dict:
     if getattr(model, "gate", None) is None:
         raise SystemExit("gate_retention: this checkpoint has no write gate (mem_gate: false); nothing to measure")
-    gates = []
-    hook = model.gate.register_forward_hook(lambda _m, _i, out: gates.append(torch.sigmoid(out)))
+    gates, writes = [], []
+    hooks = [model.gate.register_forward_hook(lambda _m, _i, out: gates.append(torch.sigmoid(out)))]
+    if getattr(model, "skip", None) is not None:  # write_skip: an entry with u = 0 is kept exactly (g counts as 0)
+        hooks.append(model.skip.register_forward_hook(lambda _m, _i, out: writes.append((out > 0).float())))
     samples = [task.sample(length, 10_000 + i) for i in range(n)]
     try:
         res = stream(model, np.stack([s.tokens for s in samples]), [length - 1])
     finally:
-        hook.remove()
+        for h in hooks:
+            h.remove()
     g = torch.stack(gates, 1)  # [B, segments, M, D]
+    u = torch.stack(writes, 1) if writes else torch.ones_like(g[..., :1])  # [B, segments, M, 1]: entry written
+    g = g * u
     seg = model.config.segment_len
     fact = torch.zeros(g.shape[:2], dtype=torch.bool)
     for b, s in enumerate(samples):
@@ -47,14 +52,16 @@ def gate_stats(model, task, length: int, n: int) -> dict:
             fact[b, a // seg : (e - 1) // seg + 1] = True
     hay = g[~fact]  # [N, M, D]
     per_entry = torch.log1p(-hay.clamp(max=1 - 1e-7)).mean(0)  # mean log retention per segment, [M, D]
-    half = (np.log(0.5) / per_entry.clamp(max=-1e-12)).flatten().numpy()
+    half = (np.log(0.5) / per_entry.clamp(max=-1e-12)).flatten().numpy()  # ~7e11: never rewritten on haystack
     ok = [p == s.answer for p, s in zip(res.logits[:, 0].argmax(-1).tolist(), samples)]
     return {"length": length, "samples": n, "accuracy": round(float(np.mean(ok)), 3),
             "gate_mean_haystack_segments": round(float(hay.mean()), 4),
             "gate_mean_fact_segments": round(float(g[fact].mean()), 4),
             "half_life_segments_quantiles": {f"q{q}": round(float(v), 1) for q, v in
                                              zip((10, 50, 90, 99, 100), np.percentile(half, [10, 50, 90, 99, 100]))},
-            "entries_with_half_life_over_1000_segments": int((half > 1000).sum()), "entries": int(half.size)}
+            "entries_with_half_life_over_1000_segments": int((half > 1000).sum()), "entries": int(half.size),
+            "write_fraction_haystack_segments": round(float(u[~fact].mean()), 4),  # 1.0 without write_skip
+            "write_fraction_fact_segments": round(float(u[fact].mean()), 4)}
 
 
 def main(argv=None):

@@ -230,6 +230,44 @@ def test_write_cost_adds_the_mean_write_gate_and_trains_the_gate():
         unroll(plain, x, y, write_cost=0.1)
 
 
+def test_write_skip_keeps_unwritten_entries_exactly_and_trains_the_decision():
+    """write_skip: an entry whose decision is "keep" (sigmoid(skip) <= 1/2) leaves the segment exactly as it came
+    in; "write" equals the gated RMT; the decision's weights get gradient (straight-through) from the task and
+    from write_cost; write_skip without mem_gate is refused with the fix named."""
+    torch.manual_seed(0)
+    gated = build_model(make_config("rmt", num_mem=4, segment_len=8, mem_gate=True, **TINY))
+    m = build_model(make_config("rmt", num_mem=4, segment_len=8, mem_gate=True, write_skip=True, **TINY))
+    m.load_state_dict({**m.state_dict(), **gated.state_dict()})
+    x = torch.randint(0, 61, (2, 8))
+    state = m.init_state(2)
+    with torch.no_grad():
+        m.skip.bias.fill_(20.0)  # every entry writes: the gated RMT
+        assert torch.allclose(m(x, state).state.memory, gated(x, state).state.memory, atol=1e-6)
+        m.skip.bias.fill_(-20.0)  # no entry writes: the memory is kept bit for bit
+        assert torch.equal(m(x, state).state.memory, state.memory)
+        m.skip.bias.zero_()
+        m.skip.weight.zero_()
+        m.skip.weight[0, 0] = 1.0  # write exactly the entries whose write has a positive first coordinate
+        out = m(x, state)
+    written = (out.aux["write_p"] > 0.5).squeeze(-1)  # [B, M]
+    assert written.any() and (~written).any()
+    assert torch.equal(out.state.memory[~written], state.memory[~written])
+    assert not torch.equal(out.state.memory[written], state.memory[written])
+    y = torch.full((2, 24), -100)
+    y[:, -1] = 3
+    xx = torch.randint(0, 61, (2, 24))
+    m.zero_grad()
+    unroll(m, xx, y)[0].backward()
+    assert m.skip.weight.grad is not None and m.skip.weight.grad.abs().sum() > 0
+    m.zero_grad()
+    y[:] = -100
+    y[:, 7] = 3
+    (unroll(m, xx[:, :8], y[:, :8], write_cost=1.0)[0] - unroll(m, xx[:, :8], y[:, :8])[0]).backward()
+    assert m.skip.bias.grad is not None and m.skip.bias.grad > 0  # the price pushes towards keeping
+    with pytest.raises(ValueError, match="mem_gate: true"):
+        build_model(make_config("rmt", write_skip=True, **TINY))
+
+
 @pytest.mark.parametrize("near", [False, True])
 def test_rmt_fused_recency_equals_explicit_distances(near):
     """RMT applies the recency bias through causal SDPA (RecencyFeatures); it must equal the written-out

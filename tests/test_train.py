@@ -147,6 +147,19 @@ def test_init_from_starts_from_a_checkpoint_and_checks_the_model(tmp_path):
     torch.testing.assert_close(first.embed.weight, third.embed.weight, atol=1e-6, rtol=0)
 
 
+def test_init_from_may_switch_on_write_skip(tmp_path):
+    """A gated RMT checkpoint warm-starts a write_skip recipe: every weight carries over, the decision is new."""
+    gated = dict(d_model=32, n_layers=1, n_heads=2, num_mem=2, segment_len=32, mem_gate=True)
+    train(tiny_cfg(steps=2, eval_every=2, ckpt_every=2, model_args=gated), tmp_path / "a", progress=False, log=lambda m: None)
+    logs = []
+    train(tiny_cfg(steps=1, eval_every=1, ckpt_every=1, lr=1e-9, warmup=1, init_from=str(tmp_path / "a"),
+                   model_args={**gated, "write_skip": True}), tmp_path / "b", progress=False, log=logs.append)
+    first, second = load_checkpoint(tmp_path / "a")[0], load_checkpoint(tmp_path / "b")[0]
+    assert second.config.write_skip and second.skip is not None
+    assert any("2 new (skip.weight, skip.bias)" in m for m in logs)
+    torch.testing.assert_close(first.gate.weight, second.gate.weight, atol=1e-6, rtol=0)
+
+
 def test_init_from_on_new_tasks_grows_the_vocabulary(tmp_path):
     from memlab.tasks.babi import task_words
 

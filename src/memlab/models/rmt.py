@@ -27,6 +27,7 @@ class RMTConfig:
     recency: bool = False  # learned per-head recency bias on attention scores (ALiBi-initialised)
     memory_always_near: bool = False  # with recency: read-memory keys get distance 0 (memory is never "far back")
     mem_gate: bool = False  # gated write: mem <- mem + g * (write - mem), g = sigmoid(W write); False = plain RMT
+    write_skip: bool = False  # with mem_gate: a hard write-or-keep decision per entry and segment (straight-through)
     segment_len: int = 128  # tokens per segment (positions restart in every segment)
     rope_base: float = 10000.0  # rotary base
     kind: str = field(default="rmt")  # registry name, saved in config.json
@@ -50,7 +51,15 @@ class RMT(SequenceModel):
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight  # tied
         self.gate = nn.Linear(c.d_model, c.d_model) if c.mem_gate else None
+        if c.write_skip and not c.mem_gate:
+            raise ValueError("write_skip gates the gated write: set mem_gate: true as well (or write_skip: false)")
+        # write-or-keep (as in Skip RNN, Campos et al. 2018): u = 1[sigmoid(w . write + b) > 1/2] per memory entry, with
+        # the sigmoid's gradient (straight-through); u = 0 leaves the entry exactly as it was, so a fact can cross any
+        # number of segments that do not write over it. A soft gate cannot: 1M tokens are ~7,800 segments of 128.
+        self.skip = nn.Linear(c.d_model, 1) if c.write_skip else None
         init_weights(self, c.n_layers)
+        if self.skip is not None:
+            nn.init.constant_(self.skip.bias, 1.0)  # start by writing everywhere (p ~ 0.73), as the soft gate did
         self._pos_cache: dict = {}
 
     def _positions(self, n: int, device):
@@ -69,6 +78,7 @@ class RMT(SequenceModel):
     def init_state(self, batch_size: int, device=None) -> MemoryState:
         return MemoryState(self.mem_init.to(device).unsqueeze(0).expand(batch_size, -1, -1))
 
+    warm_start_fields = ("write_skip",)  # init_from may switch these on: the new module starts as built
     accepts_keep = True  # stream() may pass keep=: the positions whose hidden states it needs
     fixed_state = True  # the state has the same shape after every segment (stream(compile=True) can use it)
 
@@ -98,6 +108,10 @@ class RMT(SequenceModel):
         aux = {}
         if self.gate is not None:  # keep what the write does not replace: noise segments can leave memory as it is
             g = torch.sigmoid(self.gate(new_mem))
+            if self.skip is not None:
+                p = torch.sigmoid(self.skip(new_mem))  # [B, M, 1]
+                g = g * ((p > 0.5).to(p.dtype) + p - p.detach())  # forward: hard 0/1; backward: d/dp = 1
+                aux["write_p"] = p
             new_mem = mem + g * (new_mem - mem)
             aux["write_gate"] = g  # [B, M, D]: the fraction of each memory entry rewritten (unroll's write_cost)
         return ModelOutput(self.lm_head(out_h) if return_logits else None, MemoryState(new_mem), out_h, aux)
