@@ -4,7 +4,7 @@ in segments of the identity path, log(0.5) / mean log(1 - g) over haystack segme
 ~7,800 segments (1M tokens at 128-token segments) survives through that path only where the half-life is in
 the thousands; otherwise it must be re-encoded by every write.
 
-    python benchmarks/gate_retention.py --checkpoints checkpoints/rmt-qa1 runs/rmt-long
+    python benchmarks/gate_retention.py --checkpoints checkpoints/rmt-qa1 runs/rmt-qa1
         # -> benchmarks/results/gate_retention.json
 """
 from __future__ import annotations

@@ -53,7 +53,7 @@ class RMT(SequenceModel):
         self.gate = nn.Linear(c.d_model, c.d_model) if c.mem_gate else None
         if c.write_skip and not c.mem_gate:
             raise ValueError("write_skip gates the gated write: set mem_gate: true as well (or write_skip: false)")
-        # write-or-keep (as in Skip RNN, Campos et al. 2018): u = 1[sigmoid(w . write + b) > 1/2] per memory entry, with
+        # write-or-keep (as in Skip RNN, Campos et al., arXiv:1708.06834): u = 1[sigmoid(w . write + b) > 1/2] per memory entry, with
         # the sigmoid's gradient (straight-through); u = 0 leaves the entry exactly as it was, so a fact can cross any
         # number of segments that do not write over it. A soft gate cannot: 1M tokens are ~7,800 segments of 128.
         self.skip = nn.Linear(c.d_model, 1) if c.write_skip else None
@@ -78,7 +78,7 @@ class RMT(SequenceModel):
     def init_state(self, batch_size: int, device=None) -> MemoryState:
         return MemoryState(self.mem_init.to(device).unsqueeze(0).expand(batch_size, -1, -1))
 
-    warm_start_fields = ("write_skip",)  # init_from may switch these on: the new module starts as built
+    warm_start_fields = ("write_skip",)  # init_from may switch these on (not off): the new module starts as built
     accepts_keep = True  # stream() may pass keep=: the positions whose hidden states it needs
     fixed_state = True  # the state has the same shape after every segment (stream(compile=True) can use it)
 
