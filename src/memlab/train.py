@@ -322,7 +322,7 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
         if cfg.init_from:
             model, tokenizer, _ = load_checkpoint(cfg.init_from)
             want = make_config(cfg.model, vocab_size=model.config.vocab_size, **cfg.model_args)
-            added = {k for k in getattr(model, "warm_start_fields", ()) if getattr(want, k) and not getattr(model.config, k)}
+            added = {k for k in getattr(model, "warm_start_fields", ()) if getattr(want, k, False) and not getattr(model.config, k, False)}
             if model.config.kind != want.kind or added:  # another kind or a new module: the weights both have carry over
                 new = build_model(want)
                 taken, fresh = transfer_weights(model, new)

@@ -53,9 +53,10 @@ class RMT(SequenceModel):
         self.gate = nn.Linear(c.d_model, c.d_model) if c.mem_gate else None
         if c.write_skip and not c.mem_gate:
             raise ValueError("write_skip gates the gated write: set mem_gate: true as well (or write_skip: false)")
-        # write-or-keep (as in Skip RNN, Campos et al., arXiv:1708.06834): u = 1[sigmoid(w . write + b) > 1/2] per memory entry, with
-        # the sigmoid's gradient (straight-through); u = 0 leaves the entry exactly as it was, so a fact can cross any
-        # number of segments that do not write over it. A soft gate cannot: 1M tokens are ~7,800 segments of 128.
+        # write-or-keep (as in Skip RNN, Campos et al., arXiv:1708.06834): u = 1[sigmoid(w . write + b) > 1/2] per
+        # memory entry, with the sigmoid's gradient (straight-through); u = 0 leaves the entry exactly as it was, so a
+        # fact can cross any number of segments that do not write over it. A soft gate cannot: 1M tokens are ~7,800
+        # segments of 128.
         self.skip = nn.Linear(c.d_model, 1) if c.write_skip else None
         init_weights(self, c.n_layers)
         if self.skip is not None:
