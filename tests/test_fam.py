@@ -84,3 +84,44 @@ def test_fam_carries_information_beyond_the_window():
 def test_fam_bad_options(bad, msg):
     with pytest.raises(ValueError, match=msg):
         build_model(make_config("fam", **{**TINY, **bad}))
+
+
+def test_fam_write_skip_keeps_unwritten_fam_tokens_exactly_and_trains_the_decision():
+    """write_skip (not in the paper): a FAM token whose decision is "keep" comes out of the block exactly as it went
+    in; "write" everywhere equals the paper's FAM; the decision gets gradient (straight-through) from the task and
+    from write_cost; a FAM without it hands every weight to one with it (init_from's warm start)."""
+    from memlab.stream import unroll
+    from memlab.train import transfer_weights
+
+    plain = _fam(mem_blocks=0)
+    m = _fam(mem_blocks=0, write_skip=True)
+    taken, fresh = transfer_weights(plain, m)
+    assert sorted(fresh) == [f"blocks.{i}.skip.{w}" for i in range(2) for w in ("bias", "weight")]
+    x = torch.randint(3, 61, (2, 8))
+    state = m.init_state(2)
+    with torch.no_grad():
+        for layer in m.blocks:
+            layer.skip.bias.fill_(20.0)  # every FAM token writes: the paper's FAM
+        torch.testing.assert_close(m(x, state).state.fam, plain(x, state).state.fam, atol=1e-5, rtol=1e-5)
+        for layer in m.blocks:
+            layer.skip.bias.fill_(-20.0)  # none writes: the FAM is kept bit for bit, however long the input
+        assert torch.equal(m(torch.randint(3, 61, (2, 40)), state).state.fam, state.fam)
+        for layer in m.blocks:
+            layer.skip.bias.zero_()
+            layer.skip.weight.zero_()
+            layer.skip.weight[0, 0] = 1.0  # write the FAM tokens whose new value has a positive first coordinate
+        out = m(x[:, :4], state)  # one block: the decisions of every layer
+    written = (out.aux["write_p"] > 0.5).squeeze(-1)  # [B, layers, F] (one block): as state.fam [B, layers, F, D]
+    assert written.any() and (~written).any()
+    assert torch.equal(out.state.fam[~written], state.fam[~written])
+    assert not torch.equal(out.state.fam[written], state.fam[written])
+    m.train()
+    y = torch.full((2, 24), -100)
+    y[:, -1] = 3
+    xx = torch.randint(3, 61, (2, 24))
+    m.zero_grad()
+    unroll(m, xx, y)[0].backward()
+    assert all(layer.skip.weight.grad is not None and layer.skip.weight.grad.abs().sum() > 0 for layer in m.blocks)
+    m.zero_grad()
+    (unroll(m, xx, y, write_cost=1.0)[0] - unroll(m, xx, y)[0]).backward()
+    assert all(layer.skip.bias.grad > 0 for layer in m.blocks)  # the price pushes towards keeping

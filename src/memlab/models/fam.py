@@ -37,6 +37,8 @@ class FAMConfig:
     rope_base: float = 10000.0  # rotary base
     conv: int = 0  # short causal depthwise conv kernel before attention, as RMT's recipe (0 = none)
     recency: bool = False  # learned per-head recency bias (ALiBi-initialised); FAM keys count as distance 0
+    write_skip: bool = False  # a hard write-or-keep decision per FAM token, layer and block (straight-through); not in
+    # the paper (one new linear map per layer): a FAM token that does not write is carried over bit for bit
     kind: str = field(default="fam")  # registry name, saved in config.json
 
 
@@ -56,10 +58,13 @@ class FAMLayer(nn.Module):
         self.conv = ShortConv(c.d_model, c.conv) if c.conv > 1 else None
         self.attn = Attention(c.d_model, c.n_heads, c.rope_base, c.recency)
         self.mlp = MLP(c.d_model, c.mlp_mult)
+        # write-or-keep, as RMT's write_skip (Skip RNN, arXiv:1708.06834): u = 1[sigmoid(w . rms(new FAM) + b) > 1/2]
+        self.skip = nn.Linear(c.d_model, 1) if c.write_skip else None
 
     def forward(self, x, fam, cache, rope_x, rope_fam_prev, rope_fam_new, conv_tail=None):
         """x [B, T, D] one block; fam [B, F, D]; cache (k, v) of the memory segment; conv_tail: the short
-        conv's preceding inputs. Returns the block's output, the next FAM, the block's own (k, v), the tail."""
+        conv's preceding inputs. Returns the block's output, the next FAM, the block's own (k, v), the tail and,
+        with write_skip, the decision's probability p [B, F, 1] and the straight-through decision u (else None)."""
         H, T, Fn = self.attn.n_heads, x.shape[1], fam.shape[1]
         h, hf = self.norm1(x), self.norm1(fam)
         if self.conv is not None:  # block tokens only: the FAM is not a sequence
@@ -77,11 +82,17 @@ class FAMLayer(nn.Module):
         y = self._attend(q, keys, vals, block_mask, Fn, M, T)
         x = x + self.attn.proj(rearrange(y, "b h t d -> b t (h d)"))
         x = x + self.mlp(self.norm2(x))
+        p = u = None
         if Fn:  # FAM queries over [previous FAM | current block]; the same feed-forward
             yf = self._attend(qf, torch.cat((kf, k), 2), torch.cat((vf, v), 2), None, Fn, 0, T)
-            fam = fam + self.attn.proj(rearrange(yf, "b h t d -> b t (h d)"))
-            fam = fam + self.mlp(self.norm2(fam))
-        return x, fam, (k, v), conv_tail
+            new = fam + self.attn.proj(rearrange(yf, "b h t d -> b t (h d)"))
+            new = new + self.mlp(self.norm2(new))
+            if self.skip is not None:  # u = 0 keeps the FAM token exactly as it was
+                p = torch.sigmoid(self.skip(F.rms_norm(new, new.shape[-1:])))
+                u = (p > 0.5).to(p.dtype) + p - p.detach()  # forward: hard 0/1; backward: d/dp = 1
+                new = fam + u * (new - fam)
+            fam = new
+        return x, fam, (k, v), conv_tail, p, u
 
     def _attend(self, q, keys, vals, mask, Fn, M, T):
         """q over keys [FAM (Fn) | memory segment (M) | block (T)]. mask None: the FAM queries, which sit
@@ -115,6 +126,11 @@ class FAM(SequenceModel):
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight  # tied
         init_weights(self, c.n_layers)
+        for layer in self.blocks:
+            if layer.skip is not None:
+                nn.init.constant_(layer.skip.bias, 1.0)  # start by writing everywhere (p ~ 0.73): the paper's FAM
+
+    warm_start_fields = ("write_skip",)  # init_from may switch these on (not off): the new module starts as built
 
     def init_state(self, batch_size: int, device=None) -> FAMState:
         c, hd = self.config, self.config.d_model // self.config.n_heads
@@ -137,7 +153,7 @@ class FAM(SequenceModel):
         state = state if state is not None else self.init_state(B, tokens.device)
         fam, keys, values, pos = list(state.fam.unbind(1)), list(state.keys), list(state.values), state.pos
         tails = list(state.conv) if state.conv is not None else [None] * len(self.blocks)
-        x_all, outs = self.embed(tokens), []
+        x_all, outs, ps, us = self.embed(tokens), [], [], []
         keep = c.mem_blocks * c.block
         for s, e in segment_bounds(T, c.block):  # cut from the end, as the runner cuts its segments
             x, n = x_all[:, s:e], e - s
@@ -145,11 +161,17 @@ class FAM(SequenceModel):
             rf_prev = self._rope(pos - c.num_fam, c.num_fam, tokens.device)  # after the previous block
             rf_new = self._rope(pos + n, c.num_fam, tokens.device)  # after this one
             for i, layer in enumerate(self.blocks):
-                x, fam[i], (k, v), tails[i] = layer(x, fam[i], (keys[i], values[i]), rx, rf_prev, rf_new, tails[i])
+                x, fam[i], (k, v), tails[i], p, u = layer(x, fam[i], (keys[i], values[i]), rx, rf_prev, rf_new, tails[i])
+                if p is not None:
+                    ps.append(p)
+                    us.append(u)
                 keys[i] = torch.cat((keys[i], k), 2)[:, :, -keep:] if keep else k[:, :, :0]
                 values[i] = torch.cat((values[i], v), 2)[:, :, -keep:] if keep else v[:, :, :0]
             outs.append(x)
             pos += n
         h = self.norm(torch.cat(outs, 1))
         new = FAMState(torch.stack(fam, 1), keys, values, pos, tails if state.conv is not None else None)
-        return ModelOutput(self.lm_head(h) if return_logits else None, new, h)
+        aux = {}
+        if ps:  # [B, blocks * layers, F, 1]; write_gate: the fraction of FAM tokens written (unroll's write_cost)
+            aux = {"write_p": torch.stack(ps, 1), "write_gate": torch.stack(us, 1)}
+        return ModelOutput(self.lm_head(h) if return_logits else None, new, h, aux)
