@@ -45,7 +45,7 @@ def main(argv=None):
 
     def ours_train():
         W, S, tails = ours.init_state(a.batch)
-        reads, _, _ = ours.update(x, W, S, tails)
+        reads, _, _, _ = ours.update(x, W, S, tails)
         reads.sum().backward()
 
     def theirs_train():
@@ -56,7 +56,7 @@ def main(argv=None):
     def ours_stream():
         W, S, tails = ours.init_state(a.batch)
         for s in range(0, a.length, a.segment):
-            _, W, S = ours.update(x[:, s : s + a.segment], W, S, tails)
+            _, W, S, _ = ours.update(x[:, s : s + a.segment], W, S, tails)
 
     @torch.no_grad()
     def theirs_stream():

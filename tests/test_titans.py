@@ -229,3 +229,47 @@ def test_titans_memory_stays_finite_over_a_long_stream():
         for w in W:
             assert torch.isfinite(w).all() and w.norm() > 1e-2
     assert torch.isfinite(res.logits).all()
+
+
+def test_titans_write_skip_keeps_the_memory_exactly_and_trains_the_decision():
+    """write_skip (not in the paper): tokens whose decision is "keep" leave the memory's weights exactly as they
+    were (and its momentum at zero); "write" everywhere equals the paper's memory; the decision gets gradient
+    (straight-through) from the task and from write_cost; a Titans without it hands every weight to one with it."""
+    from memlab.stream import unroll
+    from memlab.train import transfer_weights
+
+    plain = _titans(variant="mac")
+    m = _titans(variant="mac", write_skip=True)
+    _, fresh = transfer_weights(plain, m)
+    assert sorted(fresh) == sorted(f"blocks.{i}.memory.skip.{w}" for i in range(2) for w in ("bias", "weight"))
+    x = torch.randint(3, 61, (2, 24))
+    with torch.no_grad():
+        for b in m.blocks:
+            b.memory.skip.bias.fill_(20.0)  # every token writes: the paper's memory
+        out, ref = m(x), plain(x)
+        torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+        for a, b in zip(out.state.W, ref.state.W):
+            for wa, wb in zip(a, b):
+                torch.testing.assert_close(wa, wb, atol=1e-5, rtol=1e-5)
+        for b in m.blocks:
+            b.memory.skip.bias.fill_(-20.0)  # no token writes: M stays at M_0, bit for bit
+        out, start = m(x), m.init_state(2)
+        assert all(torch.equal(wa, wb) for a, b in zip(out.state.W, start.W) for wa, wb in zip(a, b))
+        assert all((s == 0).all() for layer in out.state.S for s in layer)
+        for b in m.blocks:
+            b.memory.skip.bias.zero_()
+            b.memory.skip.weight.zero_()
+            b.memory.skip.weight[0, 0] = 1.0  # some tokens write, some keep
+        out = m(x)
+    assert out.aux["write_p"].shape == (2, 2, 24)
+    written = out.aux["write_p"] > 0.5
+    assert written.any() and (~written).any()
+    m.train()
+    y = torch.full((2, 24), -100)
+    y[:, -1] = 3
+    m.zero_grad()
+    unroll(m, x, y)[0].backward()
+    assert all(b.memory.skip.weight.grad is not None and b.memory.skip.weight.grad.abs().sum() > 0 for b in m.blocks)
+    m.zero_grad()
+    (unroll(m, x, y, write_cost=1.0)[0] - unroll(m, x, y)[0]).backward()
+    assert all(b.memory.skip.bias.grad > 0 for b in m.blocks)  # the price pushes towards keeping

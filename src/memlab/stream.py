@@ -129,8 +129,8 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     the last segment, so the final (answer) segment always gets the full depth.
     lm_weight > 0 adds next-token language-model loss on every position (an auxiliary objective).
     write_cost > 0 adds write_cost * the mean write gate (the fraction of memory rewritten per segment, over the
-    segments that get gradients) of a model that reports one (`aux["write_gate"]`: rmt with mem_gate, fam with
-    write_skip): a price on
+    segments that get gradients) of a model that reports one (`aux["write_gate"]`: rmt with mem_gate, fam or titans
+    with write_skip): a price on
     rewriting memory, so that segments with nothing to store learn to leave it as it is.
     Returns (loss, answer accuracy tensor, number of answer targets)."""
     device = model_device(model)
@@ -157,7 +157,7 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
         state = out.state
         if write_cost > 0:
             if "write_gate" not in out.aux:
-                raise ValueError(f"write_cost needs a model with a gated memory write (rmt with mem_gate: true, or fam "
+                raise ValueError(f"write_cost needs a model with a gated memory write (rmt with mem_gate: true, or fam or titans "
                                  f"with write_skip: true); {type(model).__name__} reports none: set write_cost to 0")
             if out.aux["write_gate"].requires_grad:
                 gates.append(out.aux["write_gate"].mean())

@@ -164,6 +164,8 @@ class TitansConfig:
     segment_len: int = 128  # tokens per segment (mac attends within a segment)
     attn_conv: int = 0  # short causal depthwise conv before attention, as RMT's recipe (0 = none; conv is the memory's)
     recency: bool = False  # learned per-head recency bias on attention (ALiBi-initialised); persistent tokens: distance 0
+    write_skip: bool = False  # a hard learn-or-keep decision per token and memory (straight-through); not in the paper:
+    # a token that does not write leaves the memory's weights exactly as they were (its momentum restarts at zero)
     rope_base: float = 10000.0  # rotary base
     kind: str = field(default="titans")  # registry name, saved in config.json
 
@@ -204,6 +206,10 @@ class NeuralMemory(nn.Module):
         self.gates = nn.Linear(D, 3)  # theta, eta, alpha
         self.out = nn.Linear(D, D, bias=False)
         self.chunk, self.max_lr = c.chunk, c.max_lr
+        # learn-or-keep, as RMT's write_skip (Skip RNN, arXiv:1708.06834): u_t = 1[sigmoid(w . x_t + b) > 1/2] scales
+        # theta_t, eta_t and alpha_t, so u_t = 0 gives S_t = 0 and M_t = M_{t-1}: the weights cross any stretch of
+        # unsurprising text exactly. The soft gates cannot: (1 - alpha)^n shrinks M over the ~1M tokens.
+        self.skip = nn.Linear(D, 1) if c.write_skip else None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -216,6 +222,9 @@ class NeuralMemory(nn.Module):
         for w in self.convs.values():
             w.zero_()[:, 0] = 1.0
         self.gates.bias.copy_(torch.tensor([0.0, 2.0, -8.0]))
+        if self.skip is not None:  # start by writing everywhere (p ~ 0.73): the paper's memory
+            nn.init.normal_(self.skip.weight, std=0.02)
+            nn.init.constant_(self.skip.bias, 1.0)
 
     def init_state(self, B, device=None):
         W = [w.to(device).unsqueeze(0).expand(B, -1, -1) for w in self.init_weights]
@@ -233,14 +242,20 @@ class NeuralMemory(nn.Module):
 
     def update(self, x, W, S, tails):
         """Learn x [B, T, D] chunk by chunk; every token reads with its chunk's starting weights.
-        Returns (reads [B, T, D], W, S)."""
+        Returns (reads [B, T, D], W, S, p): p [B, T] the probability of learning from each token (write_skip;
+        else None)."""
         q = F.normalize(self._proj(self.q, "q", x, tails, "q"), dim=-1)
         k = F.normalize(self._proj(self.k, "k", x, tails, "k"), dim=-1)
         v = self._proj(self.v, "v", x, tails, "v")
         theta, eta, alpha = torch.sigmoid(self.gates(x)).unbind(-1)
         theta = self.max_lr * theta  # the inner step size stays in (0, max_lr): larger steps diverge
+        p = None
+        if self.skip is not None:
+            p = torch.sigmoid(self.skip(x)).squeeze(-1)
+            u = (p > 0.5).to(p.dtype) + p - p.detach()  # forward: hard 0/1; backward: d/dp = 1
+            theta, eta, alpha = theta * u, eta * u, alpha * u
         reads, W, S = memory_chunks(W, S, k, v, q, theta, eta, alpha, self.chunk)
-        return self.out(reads), W, S
+        return self.out(reads), W, S, p
 
 
 def persistent_attention(attn: Attention, h, P, rope, cache=None, mask=None, dist=None):
@@ -288,31 +303,31 @@ class TitansBlock(nn.Module):
         return h
 
     def forward(self, x, W, S, tails, rope, cache=None, mask=None, dist=None):
-        """Returns (x, W, S, (k, v) or None)."""
+        """Returns (x, W, S, (k, v) or None, p): p the memory's write probabilities (write_skip) or None."""
         kv = None
         if self.variant == "lmm":  # x + M(x), the memory learning from the block's input
-            reads, W, S = self.memory.update(self.norm1(x), W, S, tails)
+            reads, W, S, p = self.memory.update(self.norm1(x), W, S, tails)
             x = x + reads
         elif self.variant == "mac":  # retrieve -> attend over [persistent | retrieved | segment] -> learn from y
             h = self.norm1(x)
             retrieved = self.memory.retrieve(h, W, tails)  # h_t = M*_{t-1}(q_t)
             a = self._attend_mac(self._conv(h, tails), retrieved, rope)
             y = x + a
-            reads, W, S = self.memory.update(self.norm2(y), W, S, tails)  # M_t = M_{t-1}(y_t)
+            reads, W, S, p = self.memory.update(self.norm2(y), W, S, tails)  # M_t = M_{t-1}(y_t)
             x = y + a * reads  # o_t = y_t (x) M*_t(y_t), into the residual stream
         elif self.variant == "mag":  # sliding-window attention and the memory side by side, gated
             h = self.norm1(x)
             a, kv = persistent_attention(self.attn, self._conv(h, tails), self.persistent, rope, cache, mask, dist)
-            reads, W, S = self.memory.update(h, W, S, tails)
+            reads, W, S, p = self.memory.update(h, W, S, tails)
             x = x + a * torch.sigmoid(reads)  # o = y (x) M(x)
         else:  # mal: the memory as a layer, then sliding-window attention over its output
-            reads, W, S = self.memory.update(self.norm1(x), W, S, tails)
+            reads, W, S, p = self.memory.update(self.norm1(x), W, S, tails)
             x = x + reads
             a, kv = persistent_attention(self.attn, self._conv(self.norm2(x), tails), self.persistent, rope, cache, mask, dist)
             x = x + a
         if kv is not None:
             kv = (kv[0][:, :, -self.window:], kv[1][:, :, -self.window:])
-        return x + self.mlp(self.norm3(x)), W, S, kv
+        return x + self.mlp(self.norm3(x)), W, S, kv, p
 
     def _attend_mac(self, h, retrieved, rope):
         """Segment tokens attend over the persistent tokens (always), the retrieved memory up to their own
@@ -354,6 +369,8 @@ class Titans(SequenceModel):
             b.memory.reset_parameters()
         self._rope: dict = {}
 
+    warm_start_fields = ("write_skip",)  # init_from may switch these on (not off): the new module starts as built
+
     @property
     def fixed_state(self) -> bool:
         """mac, lmm: the same state size after every segment; mag, mal: until the window has filled."""
@@ -377,12 +394,17 @@ class Titans(SequenceModel):
         from ..stream import segment_bounds
 
         state = state if state is not None else self.init_state(tokens.shape[0], tokens.device)
-        hs = []
+        hs, ps = [], []
         for s, e in segment_bounds(tokens.shape[1], self.config.segment_len):
-            h, state = self._segment(tokens[:, s:e], state)
+            h, state, p = self._segment(tokens[:, s:e], state)
             hs.append(h)
+            ps.append(p)
         h = torch.cat(hs, 1)
-        return ModelOutput(self.lm_head(h) if return_logits else None, state, h)
+        aux = {}
+        if ps[0] is not None:  # write_skip: the probabilities [B, layers, T] and the decisions (unroll's write_cost)
+            p = torch.cat(ps, 2)
+            aux = {"write_p": p, "write_gate": (p > 0.5).to(p.dtype) + p - p.detach()}
+        return ModelOutput(self.lm_head(h) if return_logits else None, state, h, aux)
 
     def _segment(self, tokens, state):
         c, T = self.config, tokens.shape[1]
@@ -400,11 +422,12 @@ class Titans(SequenceModel):
                 self._rope[key] = rotary_tables(torch.arange(T, device=tokens.device), c.d_model // c.n_heads, c.rope_base)
             rope, mask, dist = self._rope[key], None, None
         x = self.embed(tokens)
-        Ws, Ss, tails, keys, values = [], [], [], [], []
+        Ws, Ss, tails, keys, values, ps = [], [], [], [], [], []
         for i, block in enumerate(self.blocks):
             tail = dict(state.tails[i])
             cache = (state.keys[i], state.values[i]) if windowed else None
-            x, W, S, kv = block(x, state.W[i], state.S[i], tail, rope, cache, mask, dist)
+            x, W, S, kv, p = block(x, state.W[i], state.S[i], tail, rope, cache, mask, dist)
+            ps.append(p)
             Ws.append(W)
             Ss.append(S)
             tails.append(tail)
@@ -415,4 +438,4 @@ class Titans(SequenceModel):
         # that changes from segment to segment (a compiled forward would bake one in: torch.compile, stream.py)
         new = TitansState(Ws, Ss, tails, keys if windowed else None, values if windowed else None,
                           state.pos + T if windowed else 0)
-        return self.norm(x), new
+        return self.norm(x), new, torch.stack(ps, 1) if ps[0] is not None else None
