@@ -43,6 +43,23 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     assert len(h["loss"]) == 6
 
 
+def test_stop_at_ends_the_run_on_the_full_schedule_and_resume_takes_it_from_the_recipe(tmp_path):
+    """stop_at: the run ends after that step with a checkpoint (the schedule still spans `steps`); resuming with
+    the same recipe does nothing more; resuming without stop_at finishes the run as if never stopped."""
+    cfg = tiny_cfg()
+    train(cfg, tmp_path / "a", progress=False, log=lambda m: None)
+    h = train(tiny_cfg(stop_at=4), tmp_path / "b", progress=False, log=lambda m: None)
+    assert len(h["loss"]) == 4 and json.loads((tmp_path / "b" / "train_info.json").read_text())["step"] == 4
+    before = load_file(tmp_path / "b" / "model.safetensors")
+    assert len(train(tiny_cfg(stop_at=4), tmp_path / "b", resume=True, progress=False, log=lambda m: None)["loss"]) == 4
+    assert all(torch.equal(before[k], v) for k, v in load_file(tmp_path / "b" / "model.safetensors").items())
+    train(cfg, tmp_path / "b", resume=True, progress=False, log=lambda m: None)
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ValueError, match="stop_at must lie in"):
+        train_config_from_dict({"steps": 3, "stop_at": 4})
+
+
 def test_bad_configs_and_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="unknown field"):
         train_config_from_dict({"stepz": 3})

@@ -29,7 +29,9 @@ class TrainConfig:
     task: str = "babilong:qa1"  # task spec; several qa numbers train on a mixture
     lengths: list = field(default_factory=lambda: [0, 256, 512, 1024])  # curriculum stages (0 = facts only)
     stage_steps: int = 500  # steps per curriculum stage; later stages also replay earlier lengths
-    steps: int = 2000  # optimizer steps
+    steps: int = 2000  # optimizer steps (the learning-rate schedule spans them)
+    stop_at: int | None = None  # end the run after this step, with a checkpoint, as an interruption would (the
+    # schedule still spans `steps`); like threads, taken from the given recipe on --resume
     batch_size: int = 32  # samples per step
     lr: float = 1e-3  # peak learning rate
     warmup: int = 100  # linear warmup steps
@@ -87,6 +89,7 @@ def train_config_from_dict(data: dict, source: str = "config") -> TrainConfig:
 def validate(cfg: TrainConfig):
     checks = [
         (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
+        (cfg.stop_at is None or 1 <= cfg.stop_at <= cfg.steps, f"stop_at must lie in [1, steps={cfg.steps}] or be null, got {cfg.stop_at}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.bptt_depth is None or cfg.bptt_depth >= 1, f"bptt_depth must be >= 1 or null, got {cfg.bptt_depth}"),
@@ -311,7 +314,8 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
     state = None
     if resume and (out_dir / "trainer_state.pt").is_file():
         model, tokenizer, state = load_checkpoint(out_dir, with_trainer_state=True)
-        saved = train_config_from_dict({**state["train_config"], "threads": cfg.threads, "device": cfg.device})  # this machine's
+        saved = train_config_from_dict({**state["train_config"], "threads": cfg.threads, "device": cfg.device,  # this machine's
+                                        "stop_at": cfg.stop_at})
         if dataclasses.asdict(saved) != dataclasses.asdict(cfg):
             log(f"resume: using the training config saved in {out_dir} (the given one differs)")
             cfg = saved
@@ -384,7 +388,10 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
     # fault injection for tests of distributed resume: MEMLAB_FAIL_AT="RANK:STEP" kills that process after that step
     fail_at = tuple(int(v) for v in os.environ["MEMLAB_FAIL_AT"].split(":")) if os.environ.get("MEMLAB_FAIL_AT") else None
     model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, dynamic_ncols=True)
+    if cfg.stop_at is not None:
+        until = cfg.stop_at if until is None else min(until, cfg.stop_at)
+    end = cfg.steps if until is None else min(cfg.steps, until)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress, dynamic_ncols=True)
     ema_acc, toks, t_last = None, 0, time.time()
     for step in bar:
         t0 = time.time()
