@@ -130,8 +130,7 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     lm_weight > 0 adds next-token language-model loss on every position (an auxiliary objective).
     write_cost > 0 adds write_cost * the mean write gate (the fraction of memory rewritten per segment, over the
     segments that get gradients) of a model that reports one (`aux["write_gate"]`: rmt with mem_gate, fam or titans
-    with write_skip): a price on
-    rewriting memory, so that segments with nothing to store learn to leave it as it is.
+    with write_skip): a price on rewriting memory, so that segments with nothing to store learn to leave it as it is.
     Returns (loss, answer accuracy tensor, number of answer targets)."""
     device = model_device(model)
     x, y = _as_tensor(tokens, device), _as_tensor(targets, device)

@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from .base import ModelOutput, SequenceModel, check_options
-from .blocks import MLP, Attention, ShortConv, apply_rotary, init_weights, rotary_tables
+from .blocks import MLP, Attention, ShortConv, apply_rotary, hard_decision, init_weights, rotary_tables
 
 
 @dataclass
@@ -89,7 +89,7 @@ class FAMLayer(nn.Module):
             new = new + self.mlp(self.norm2(new))
             if self.skip is not None:  # u = 0 keeps the FAM token exactly as it was
                 p = torch.sigmoid(self.skip(F.rms_norm(new, new.shape[-1:])))
-                u = (p > 0.5).to(p.dtype) + p - p.detach()  # forward: hard 0/1; backward: d/dp = 1
+                u = hard_decision(p)
                 new = fam + u * (new - fam)
             fam = new
         return x, fam, (k, v), conv_tail, p, u

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .base import ModelOutput, SequenceModel
-from .blocks import Block, RecencyFeatures, init_weights, rotary_tables
+from .blocks import Block, RecencyFeatures, hard_decision, init_weights, rotary_tables
 
 
 @dataclass
@@ -111,7 +111,7 @@ class RMT(SequenceModel):
             g = torch.sigmoid(self.gate(new_mem))
             if self.skip is not None:
                 p = torch.sigmoid(self.skip(new_mem))  # [B, M, 1]
-                g = g * ((p > 0.5).to(p.dtype) + p - p.detach())  # forward: hard 0/1; backward: d/dp = 1
+                g = g * hard_decision(p)
                 aux["write_p"] = p
             new_mem = mem + g * (new_mem - mem)
             aux["write_gate"] = g  # [B, M, D]: the fraction of each memory entry rewritten (unroll's write_cost)

@@ -141,7 +141,8 @@ from einops import rearrange  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .base import ModelOutput, SequenceModel, check_options  # noqa: E402
-from .blocks import MLP, Attention, ShortConv, apply_rotary, attention_mask, init_weights, rotary_tables  # noqa: E402
+from .blocks import (MLP, Attention, ShortConv, apply_rotary, attention_mask, hard_decision, init_weights,  # noqa: E402
+                     rotary_tables)
 
 VARIANTS = ("mac", "mag", "mal", "lmm")
 
@@ -252,7 +253,7 @@ class NeuralMemory(nn.Module):
         p = None
         if self.skip is not None:
             p = torch.sigmoid(self.skip(x)).squeeze(-1)
-            u = (p > 0.5).to(p.dtype) + p - p.detach()  # forward: hard 0/1; backward: d/dp = 1
+            u = hard_decision(p)
             theta, eta, alpha = theta * u, eta * u, alpha * u
         reads, W, S = memory_chunks(W, S, k, v, q, theta, eta, alpha, self.chunk)
         return self.out(reads), W, S, p
@@ -403,7 +404,7 @@ class Titans(SequenceModel):
         aux = {}
         if ps[0] is not None:  # write_skip: the probabilities [B, layers, T] and the decisions (unroll's write_cost)
             p = torch.cat(ps, 2)
-            aux = {"write_p": p, "write_gate": (p > 0.5).to(p.dtype) + p - p.detach()}
+            aux = {"write_p": p, "write_gate": hard_decision(p)}
         return ModelOutput(self.lm_head(h) if return_logits else None, state, h, aux)
 
     def _segment(self, tokens, state):
