@@ -283,6 +283,27 @@ def test_device_is_checked_and_stays_this_machines_on_resume(tmp_path):
     assert not any("differs" in m for m in logs)  # threads and device are the machine's, not the recipe's
 
 
+def test_compile_trains_like_eager_resumes_and_refuses_a_growing_state(tmp_path):
+    """compile: true runs the training unroll and the held-out checks through torch.compile: same weights as the
+    eager run up to float rounding; an interrupted compiled run resumes to the uninterrupted one; compile may
+    differ on --resume (the machine's choice, like threads); attention's growing KV cache is refused."""
+    train(tiny_cfg(), tmp_path / "eager", progress=False, log=lambda m: None)
+    h = train(tiny_cfg(compile=True), tmp_path / "a", progress=False, log=lambda m: None)
+    assert len(h["eval"]) == 2
+    we, wa = load_file(tmp_path / "eager" / "model.safetensors"), load_file(tmp_path / "a" / "model.safetensors")
+    for k in we:
+        torch.testing.assert_close(wa[k], we[k], atol=1e-4, rtol=1e-3, msg=k)
+    train(tiny_cfg(compile=True), tmp_path / "b", progress=False, log=lambda m: None, until=4)
+    logs = []
+    train(tiny_cfg(compile=True), tmp_path / "b", resume=True, progress=False, log=logs.append)
+    assert not any("differs" in m for m in logs)
+    wb = load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ValueError, match="grows with the context.*compile: false"):
+        train(tiny_cfg(model="transformer", model_args=dict(d_model=32, n_layers=1, n_heads=2), compile=True),
+              tmp_path / "tf", progress=False, log=lambda m: None)
+
+
 def test_text_tasks_train_and_evaluate_in_memlab_tokens(tmp_path):
     """RULER / FLenQA variants for models trained here: answers teacher-forced after the text, every answer word a
     target; `memlab eval` scores exact match on held-out seeds."""

@@ -25,7 +25,7 @@ def cmd_train(a):
     cfg = load_recipe(a.recipe) if a.recipe else TrainConfig()
     over = {k: v for k, v in {"model": a.model, "task": a.task, "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
                               "bptt_depth": a.bptt_depth, "seed": a.seed, "babi_dir": a.babi_dir, "threads": a.threads,
-                              "init_from": a.init_from, "device": a.device}.items() if v is not None}
+                              "init_from": a.init_from, "device": a.device, "compile": a.compile}.items() if v is not None}
     if a.lengths:
         from .tasks.babilong import parse_lengths
         over["lengths"] = [0 if x.strip() == "0" else parse_lengths(x)[0] for x in a.lengths.split(",")]
@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch threads (0 = default); may differ on --resume")
     t.add_argument("--device", help="cpu (default) or cuda; may differ on --resume")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="full-length segments through torch.compile (fixed-state models such as rmt; needs a C++ "
+                        "compiler; 1.3-1.8x faster steps measured on 2 cores); may differ on --resume")
     t.add_argument("--haystack", nargs="+", metavar="FILE", help="haystack text files (default: procedural text)")
     t.add_argument("--babi-dir", help="original bAbI files for held-out evaluation")
     t.add_argument("--init-from", help="start from this checkpoint's weights and tokenizer (fresh optimizer, schedule)")

@@ -26,6 +26,34 @@ def compiled_forward(model):
     return _COMPILED[model]
 
 
+def compiled_call(model, *args, **kwargs):
+    """`compiled_forward(model)(*args, **kwargs)`; where compiling fails (e.g. no C++ compiler) it warns once and
+    the model runs eagerly from then on."""
+    try:
+        return compiled_forward(model)(*args, **kwargs)
+    except torch._dynamo.exc.BackendCompilerFailed as err:
+        warnings.warn(f"torch.compile failed ({str(err).splitlines()[0][:200]}); running eagerly instead "
+                      "(install a C++ compiler such as g++ to use compile)")
+        _COMPILED[model] = model
+        return model(*args, **kwargs)
+
+
+_WARM: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> segment shapes whose caches are filled
+
+
+def _warm_caches(model, segment, state) -> None:
+    """One throwaway eager forward per model and segment shape, before any compiled call: a model's per-length
+    caches (rotary tables, distances) are then always computed eagerly. Filled inside a compiled graph they can
+    differ in the last bit, and a resumed run would no longer equal an uninterrupted one."""
+    compiled_forward(model)  # checks that the model's state has a fixed shape
+    done = _WARM.setdefault(model, set())
+    key = (tuple(segment.shape), str(segment.device))
+    if key not in done:
+        with torch.no_grad():
+            model(segment, detach_state(state), return_logits=False)
+        done.add(key)
+
+
 def segment_bounds(length: int, segment_len: int) -> list[tuple[int, int]]:
     """Segments cut from the end: the last segment (which holds the question) is always full and the first
     takes the remainder, so a recurrent model sees its question at the same in-segment position at every
@@ -91,19 +119,14 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
         if fast is not None and not idx and e - s == seg and warm:  # one graph for all these segments (no answer)
             # a packed copy: the strides of a slice of [B, L] would make the graph guard on L
             segment = x[:, s:e].clone(memory_format=torch.contiguous_format)
-            try:
-                # after this stream's first compiled call, every call has the same shapes: evaluate only the
-                # guards that tell cached graphs apart (saves ~0.3 ms of guard checks per segment, measured)
-                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=compiled_once):
-                    out = fast(segment, state, return_logits=False, **({"keep": []} if keep_ok else {}))
-                compiled_once = True
-                state = out.state
-                _add_numbers(totals, out.aux)
-                continue
-            except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no C++ compiler: eager from here on
-                warnings.warn(f"torch.compile failed ({str(err).splitlines()[0][:200]}); streaming eagerly instead "
-                              "(install a C++ compiler such as g++ to use compile)")
-                _COMPILED[model], fast = model, None
+            # after this stream's first compiled call, every call has the same shapes: evaluate only the
+            # guards that tell cached graphs apart (saves ~0.3 ms of guard checks per segment, measured)
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=compiled_once):
+                out = compiled_call(model, segment, state, return_logits=False, **({"keep": []} if keep_ok else {}))
+            compiled_once = True
+            state = out.state
+            _add_numbers(totals, out.aux)
+            continue
         warm = warm or (not idx and e - s == seg)
         if keep_ok:
             out = model(x[:, s:e], state, return_logits=False, keep=idx)
@@ -120,7 +143,7 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
 
 
 def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: int | None = None, lm_weight: float = 0.0,
-           write_cost: float = 0.0):
+           write_cost: float = 0.0, compile: bool = False):
     """Training unroll with truncated BPTT.
 
     tokens: [B, L]; targets: [B, L] long with -100 where there is no answer to predict (the answer
@@ -131,13 +154,18 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     write_cost > 0 adds write_cost * the mean write gate (the fraction of memory rewritten per segment, over the
     segments that get gradients) of a model that reports one (`aux["write_gate"]`: rmt with mem_gate, fam or titans
     with write_skip): a price on rewriting memory, so that segments with nothing to store learn to leave it as it is.
+    compile: full-length segments go through `compiled_forward(model)` (fixed-state models; forward and backward
+    compiled by torch.compile, the same parameters); a partial first segment runs eagerly.
     Returns (loss, answer accuracy tensor, number of answer targets)."""
     device = model_device(model)
     x, y = _as_tensor(tokens, device), _as_tensor(targets, device)
     B, L = x.shape
-    bounds = segment_bounds(L, segment_len or model.config.segment_len)
+    seg = segment_len or model.config.segment_len
+    bounds = segment_bounds(L, seg)
     n = len(bounds)
     state = model.init_state(B, x.device)
+    if compile and L >= seg:
+        _warm_caches(model, x[:, L - seg :], state)
     total, correct, count, lm_total, lm_count = 0.0, 0, 0, 0.0, 0
     gates = []
     cut = [bptt_depth is not None and j > 0 and (n - j) % bptt_depth == 0 for j in range(n)]
@@ -152,7 +180,12 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
         if cut[j]:
             state = detach_state(state)
         with torch.set_grad_enabled(torch.is_grad_enabled() and needs[j]):
-            out = model(x[:, s:e], state, return_logits=False)
+            if compile and e - s == seg:  # packed copies: the strides of a slice (the segment of [B, L], a state
+                # written by a shorter segment) would make the graph guard on them, and recompile per length
+                out = compiled_call(model, x[:, s:e].clone(memory_format=torch.contiguous_format),
+                                    tree_map(torch.Tensor.contiguous, state), return_logits=False)
+            else:
+                out = model(x[:, s:e], state, return_logits=False)
         state = out.state
         if write_cost > 0:
             if "write_gate" not in out.aux:
