@@ -227,6 +227,7 @@ def test_demo_train_runs_the_whole_recipe_chain_then_evaluates_and_reports(tmp_p
         cfg.stop_at = 1 if cfg.stop_at else None  # a recipe that stops early (stage 1) still does, within the 2
         cfg.lengths, cfg.bptt_depth = [0, 256], None
         cfg.eval_every, cfg.eval_samples, cfg.ckpt_every, cfg.train_pool = 2, 4, 1, 200
+        cfg.compile = False  # compiling costs more than 2 steps save (compiled training: test_compile_trains_like_eager...)
         return cfg
 
     monkeypatch.setattr(train_mod, "load_recipe", tiny)
