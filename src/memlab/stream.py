@@ -41,16 +41,17 @@ def compiled_call(model, *args, **kwargs):
 _WARM: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> segment shapes whose caches are filled
 
 
-def _warm_caches(model, segment, state) -> None:
-    """One throwaway eager forward per model and segment shape, before any compiled call: a model's per-length
+def _warm_caches(model, segment, state, **kwargs) -> None:
+    """One throwaway eager forward per model, segment shape and keyword arguments (those of the compiled calls to
+    come), before any compiled call: a model's per-length
     caches (rotary tables, distances) are then always computed eagerly. Filled inside a compiled graph they can
-    differ in the last bit, and a resumed run would no longer equal an uninterrupted one."""
-    compiled_forward(model)  # checks that the model's state has a fixed shape
+    differ in the last bit (a resumed run would no longer equal an uninterrupted one), and the graph's guards
+    would see them change (one needless recompile)."""
     done = _WARM.setdefault(model, set())
-    key = (tuple(segment.shape), str(segment.device))
+    key = (tuple(segment.shape), str(segment.device), repr(sorted(kwargs.items())))
     if key not in done:
         with torch.no_grad():
-            model(segment, detach_state(state), return_logits=False)
+            model(segment, detach_state(state), return_logits=False, **kwargs)
         done.add(key)
 
 
@@ -107,27 +108,29 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
     state = tree_map(torch.clone, state if state is not None else model.init_state(B, x.device))
     kept, p, totals = [], 0, {}
     keep_ok = getattr(model, "accepts_keep", False)  # the model can skip the positions we do not need
-    fast = compiled_forward(model) if compile else None
+    if compile:  # checks that the state has a fixed shape; caches filled eagerly, so the graph's guards never see them change
+        compiled_forward(model)
+        if L >= seg:
+            _warm_caches(model, x[:, L - seg :], state, **({"keep": []} if keep_ok else {}))
     compiled_once = False
-    warm = False  # the first eligible segment runs eagerly: it fills the model's per-length caches, which the
-    # compiled graph's guards would otherwise see change (one needless recompile)
     for s, e in segment_bounds(L, seg):
         idx = []
         while p < len(positions) and positions[p] < e:
             idx.append(positions[p] - s)
             p += 1
-        if fast is not None and not idx and e - s == seg and warm:  # one graph for all these segments (no answer)
-            # a packed copy: the strides of a slice of [B, L] would make the graph guard on L
+        if compile and not idx and e - s == seg:  # one graph for all these segments (no answer)
+            # packed copies: the strides of a slice (of [B, L], or a state sliced from a segment's hidden states)
+            # would make the graph guard on them
             segment = x[:, s:e].clone(memory_format=torch.contiguous_format)
             # after this stream's first compiled call, every call has the same shapes: evaluate only the
             # guards that tell cached graphs apart (saves ~0.3 ms of guard checks per segment, measured)
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=compiled_once):
-                out = compiled_call(model, segment, state, return_logits=False, **({"keep": []} if keep_ok else {}))
+                out = compiled_call(model, segment, tree_map(torch.Tensor.contiguous, state), return_logits=False,
+                                    **({"keep": []} if keep_ok else {}))
             compiled_once = True
             state = out.state
             _add_numbers(totals, out.aux)
             continue
-        warm = warm or (not idx and e - s == seg)
         if keep_ok:
             out = model(x[:, s:e], state, return_logits=False, keep=idx)
             hidden = out.hidden
@@ -164,8 +167,10 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     bounds = segment_bounds(L, seg)
     n = len(bounds)
     state = model.init_state(B, x.device)
-    if compile and L >= seg:
-        _warm_caches(model, x[:, L - seg :], state)
+    if compile:
+        compiled_forward(model)  # checks that the model's state has a fixed shape
+        if L >= seg:
+            _warm_caches(model, x[:, L - seg :], state)
     total, correct, count, lm_total, lm_count = 0.0, 0, 0, 0.0, 0
     gates = []
     cut = [bptt_depth is not None and j > 0 and (n - j) % bptt_depth == 0 for j in range(n)]
