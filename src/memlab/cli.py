@@ -61,7 +61,8 @@ def cmd_train(a):
 
     first = rank_world()[0] == 0  # under torchrun, process 0 speaks for all
     if first:
-        print(f"training {cfg.model} on {cfg.task} -> {out}", file=sys.stderr)
+        hay = f"{len(cfg.haystack)} text file(s)" if cfg.haystack else "procedural text (give --haystack FILE... for book text)"
+        print(f"training {cfg.model} on {cfg.task} -> {out}; haystack: {hay}", file=sys.stderr)
     hist = train(cfg, out, resume=a.resume, progress=not a.no_progress, log=lambda m: print(m, file=sys.stderr))
     if first:
         print(json.dumps({"checkpoint": str(out), "final_eval": hist["eval"][-1] if hist["eval"] else None}))
