@@ -41,12 +41,16 @@ def compiled_call(model, *args, **kwargs):
 _WARM: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> segment shapes whose caches are filled
 
 
-def _warm_caches(model, segment, state, **kwargs) -> None:
-    """One throwaway eager forward per model, segment shape and keyword arguments (those of the compiled calls to
-    come), before any compiled call: a model's per-length
-    caches (rotary tables, distances) are then always computed eagerly. Filled inside a compiled graph they can
-    differ in the last bit (a resumed run would no longer equal an uninterrupted one), and the graph's guards
-    would see them change (one needless recompile)."""
+def _prepare_compiled(model, x, seg: int, state, **kwargs) -> None:
+    """Before compiled calls on segments of `seg` tokens of x: checks that the model's state has a fixed shape, then
+    runs one throwaway eager forward per model, segment shape and keyword arguments (those of the compiled calls to
+    come). A model's per-length caches (rotary tables, distances) are so always computed eagerly: filled inside a
+    compiled graph they can differ in the last bit (a resumed run would no longer equal an uninterrupted one), and
+    the graph's guards would see them change (one needless recompile)."""
+    compiled_forward(model)
+    if x.shape[1] < seg:
+        return
+    segment = x[:, x.shape[1] - seg :]
     done = _WARM.setdefault(model, set())
     key = (tuple(segment.shape), str(segment.device), repr(sorted(kwargs.items())))
     if key not in done:
@@ -108,10 +112,8 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
     state = tree_map(torch.clone, state if state is not None else model.init_state(B, x.device))
     kept, p, totals = [], 0, {}
     keep_ok = getattr(model, "accepts_keep", False)  # the model can skip the positions we do not need
-    if compile:  # checks that the state has a fixed shape; caches filled eagerly, so the graph's guards never see them change
-        compiled_forward(model)
-        if L >= seg:
-            _warm_caches(model, x[:, L - seg :], state, **({"keep": []} if keep_ok else {}))
+    if compile:
+        _prepare_compiled(model, x, seg, state, **({"keep": []} if keep_ok else {}))
     compiled_once = False
     for s, e in segment_bounds(L, seg):
         idx = []
@@ -168,9 +170,7 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     n = len(bounds)
     state = model.init_state(B, x.device)
     if compile:
-        compiled_forward(model)  # checks that the model's state has a fixed shape
-        if L >= seg:
-            _warm_caches(model, x[:, L - seg :], state)
+        _prepare_compiled(model, x, seg, state)
     total, correct, count, lm_total, lm_count = 0.0, 0, 0, 0.0, 0
     gates = []
     cut = [bptt_depth is not None and j > 0 and (n - j) % bptt_depth == 0 for j in range(n)]
