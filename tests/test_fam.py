@@ -125,3 +125,45 @@ def test_fam_write_skip_keeps_unwritten_fam_tokens_exactly_and_trains_the_decisi
     m.zero_grad()
     (unroll(m, xx, y, write_cost=1.0)[0] - unroll(m, xx, y)[0]).backward()
     assert all(layer.skip.bias.grad > 0 for layer in m.blocks)  # the price pushes towards keeping
+
+
+def _compile_fam():
+    return _fam(conv=3, recency=True, write_skip=True, segment_len=4, n_layers=1), torch.randint(0, 61, (2, 4 * 9))  # 9 segments
+
+
+def test_fam_compiled_stream_equals_eager_with_one_graph():
+    """FAM's state has one shape from the start (the memory segment's slots are allocated full and masked until
+    filled; the position is a tensor), so stream(compile=True) runs every segment through one compiled graph and
+    gives the eager logits and state."""
+    from torch._dynamo.utils import counters
+
+    m, x = _compile_fam()
+    torch._dynamo.reset()
+    counters.clear()
+    eager, compiled = stream(m, x, [5, 35]), stream(m, x, [5, 35], compile=True)
+    assert counters["stats"]["unique_graphs"] == 1  # the first segment's empty memory is the same shape as later ones
+    torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(compiled.state.fam, eager.state.fam, atol=1e-4, rtol=1e-4)
+    assert int(compiled.state.pos) == int(eager.state.pos) == 36
+
+
+@pytest.mark.slow  # compiling FAM's backward takes minutes on 2 cores; the compiled unroll itself is tested on RMT
+def test_fam_compiled_training_unroll_equals_eager():
+    """unroll(compile=True) on FAM (write_skip, write_cost, truncated BPTT): the eager loss and gradients."""
+    from memlab.stream import unroll
+
+    m, x = _compile_fam()
+    m.train()
+    y = torch.full_like(x, -100)
+    y[:, 35], y[:, 20] = 7, 9
+    runs = []
+    for compile in (False, True):
+        m.zero_grad()
+        loss, acc, n = unroll(m, x, y, bptt_depth=3, write_cost=0.5, compile=compile)
+        loss.backward()
+        runs.append((loss.detach(), {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = runs
+    torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-5)
+    assert g0.keys() == g1.keys() and len(g0) > 10  # (fam_init: none, the first segments are past the BPTT depth)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], atol=1e-5, rtol=1e-4, msg=k)

@@ -52,6 +52,20 @@ def test_updates_on_a_real_rmt_and_refused_for_attention():
         state_updates(tf, torch.randint(0, 40, (1, 20)))
 
 
+def test_fam_updates_measure_its_feedback_memory_only():
+    """FAM's state also holds its attention window and position; the analysis measures the FAM tokens' change."""
+    torch.manual_seed(0)
+    m = build_model(make_config("fam", vocab_size=40, d_model=16, n_layers=2, n_heads=2, block=4, segment_len=8,
+                                num_fam=2)).eval()
+    x = torch.randint(0, 40, (2, 24))
+    upd, bounds = state_updates(m, x)
+    s0 = m.init_state(2)
+    s1 = m(x[:, :8], s0, return_logits=False).state
+    want = ((s1.fam - s0.fam).reshape(2, -1).norm(dim=1) / s0.fam.reshape(2, -1).norm(dim=1)).detach().numpy()
+    np.testing.assert_allclose(upd[:, 0], want, rtol=1e-5)
+    assert upd.shape == (2, 3) and (upd > 0).all()
+
+
 def test_titans_surprise_is_the_gradient_norm_at_the_chunk_start():
     from memlab.analysis.memory_keeps import _titans_probe
     from memlab.models.titans import _autograd_grads, memory_chunks

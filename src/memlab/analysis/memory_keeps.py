@@ -24,11 +24,15 @@ def state_updates(model, tokens, segment_len: int | None = None) -> tuple[np.nda
     B, L = x.shape
     bounds = segment_bounds(L, segment_len or model.config.segment_len)
     state = model.init_state(B, x.device)
-    prev = torch.cat([t.reshape(B, -1).float() for t in tree_leaves(state)], 1)
+    # the memory: the whole state, or the fields a model names (FAM: its feedback memory, not its attention window)
+    fields = getattr(model, "memory_fields", None)
+    flat = lambda st: torch.cat([t.reshape(B, -1).float() for t in tree_leaves(  # noqa: E731
+        st if fields is None else [getattr(st, f) for f in fields])], 1)
+    prev = flat(state)
     out = np.zeros((B, len(bounds)))
     for j, (s, e) in enumerate(bounds):
         state = model(x[:, s:e], state, return_logits=False).state
-        cur = torch.cat([t.reshape(B, -1).float() for t in tree_leaves(state)], 1)
+        cur = flat(state)
         out[:, j] = ((cur - prev).norm(dim=1) / prev.norm(dim=1).clamp_min(1e-12)).cpu().numpy()
         prev = cur
     return out, bounds

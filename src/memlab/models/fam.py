@@ -7,8 +7,9 @@ The sequence is processed in blocks of `block` tokens. In every layer l, for blo
 - the F FAM queries (the previous FAM of layer l) attend to [the previous FAM | the current block] and pass
   through the layer's own feed-forward: the result is layer l's FAM for block tau + 1 (Algorithm 2).
 FAM tokens sit at positions just after the block they summarise. The initial FAM is learned. The state is
-the FAM activations per layer plus the memory segment's keys/values: it stops growing after `mem_blocks`
-blocks. With F = 0 this is block sliding-window attention.
+the FAM activations per layer plus the memory segment's keys/values, held at their full size from the start
+(slots before the sequence's first token are masked out) and the position as a tensor, so that every segment sees
+the same shapes and `torch.compile` can run it (`fixed_state`). With F = 0 this is block sliding-window attention.
 """
 from __future__ import annotations
 
@@ -45,9 +46,10 @@ class FAMConfig:
 @dataclass
 class FAMState:
     fam: torch.Tensor  # [B, L, F, D] each layer's FAM (its input for the next block)
-    keys: list  # per layer [B, H, <= mem_blocks * block, K] rotated keys of the memory segment
+    keys: list  # per layer [B, H, mem_blocks * block, K] rotated keys of the memory segment (the last slots of the
+    # sequence so far; slots before its first token are zeros, masked out)
     values: list  # per layer, their values
-    pos: int = 0  # absolute position of the next token
+    pos: torch.Tensor  # 0-d long: absolute position of the next token (a tensor: compiled graphs do not specialise on it)
     conv: list | None = None  # per layer [B, conv-1, D]: inputs the short conv still needs (None without conv)
 
 
@@ -61,8 +63,9 @@ class FAMLayer(nn.Module):
         # write-or-keep, as RMT's write_skip (Skip RNN, arXiv:1708.06834): u = 1[sigmoid(w . rms(new FAM) + b) > 1/2]
         self.skip = nn.Linear(c.d_model, 1) if c.write_skip else None
 
-    def forward(self, x, fam, cache, rope_x, rope_fam_prev, rope_fam_new, conv_tail=None):
-        """x [B, T, D] one block; fam [B, F, D]; cache (k, v) of the memory segment; conv_tail: the short
+    def forward(self, x, fam, cache, rope_x, rope_fam_prev, rope_fam_new, conv_tail=None, filled=None):
+        """x [B, T, D] one block; fam [B, F, D]; cache (k, v) of the memory segment, `filled` [M] bool: which of its
+        slots hold a token (None: all); conv_tail: the short
         conv's preceding inputs. Returns the block's output, the next FAM, the block's own (k, v), the tail and,
         with write_skip, the decision's probability p [B, F, 1] and the straight-through decision u (else None)."""
         H, T, Fn = self.attn.n_heads, x.shape[1], fam.shape[1]
@@ -78,7 +81,7 @@ class FAMLayer(nn.Module):
         keys, vals = torch.cat((kf, cache[0], k), 2), torch.cat((vf, cache[1], v), 2)
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         ones = lambda n, m: torch.ones(n, m, dtype=torch.bool, device=x.device)  # noqa: E731
-        block_mask = torch.cat((ones(T, Fn), ones(T, M), causal), 1)
+        block_mask = torch.cat((ones(T, Fn), ones(T, M) if filled is None else filled.expand(T, M), causal), 1)
         y = self._attend(q, keys, vals, block_mask, Fn, M, T)
         x = x + self.attn.proj(rearrange(y, "b h t d -> b t (h d)"))
         x = x + self.mlp(self.norm2(x))
@@ -134,13 +137,17 @@ class FAM(SequenceModel):
 
     def init_state(self, batch_size: int, device=None) -> FAMState:
         c, hd = self.config, self.config.d_model // self.config.n_heads
-        empty = lambda: torch.zeros(batch_size, c.n_heads, 0, hd, device=device)  # noqa: E731
+        empty = lambda: torch.zeros(batch_size, c.n_heads, c.mem_blocks * c.block, hd, device=device)  # noqa: E731
         fam = self.fam_init.to(device).unsqueeze(0).expand(batch_size, -1, -1, -1)
         conv = [torch.zeros(batch_size, c.conv - 1, c.d_model, device=device) for _ in self.blocks] if c.conv > 1 else None
-        return FAMState(fam, [empty() for _ in self.blocks], [empty() for _ in self.blocks], 0, conv)
+        pos = torch.zeros((), dtype=torch.long, device=device)
+        return FAMState(fam, [empty() for _ in self.blocks], [empty() for _ in self.blocks], pos, conv)
 
-    def _rope(self, start: int, n: int, device):
-        return rotary_tables(torch.arange(start, start + n, device=device), self.config.d_model // self.config.n_heads,
+    fixed_state = True  # every segment sees the same state shapes (stream and unroll can compile it)
+    memory_fields = ("fam",)  # what analyses of the memory look at (the rest is the attention window and position)
+
+    def _rope(self, start: torch.Tensor, n: int, device):
+        return rotary_tables(torch.arange(n, device=device) + start, self.config.d_model // self.config.n_heads,
                              self.config.rope_base)
 
     def forward(self, tokens: torch.Tensor, state: FAMState | None = None, return_logits: bool = True) -> ModelOutput:
@@ -155,20 +162,23 @@ class FAM(SequenceModel):
         tails = list(state.conv) if state.conv is not None else [None] * len(self.blocks)
         x_all, outs, ps, us = self.embed(tokens), [], [], []
         keep = c.mem_blocks * c.block
+        slots = torch.arange(-keep, 0, device=tokens.device)  # the memory segment's slots, relative to pos
         for s, e in segment_bounds(T, c.block):  # cut from the end, as the runner cuts its segments
             x, n = x_all[:, s:e], e - s
             rx = self._rope(pos, n, tokens.device)
             rf_prev = self._rope(pos - c.num_fam, c.num_fam, tokens.device)  # after the previous block
             rf_new = self._rope(pos + n, c.num_fam, tokens.device)  # after this one
+            filled = slots + pos >= 0
             for i, layer in enumerate(self.blocks):
-                x, fam[i], (k, v), tails[i], p, u = layer(x, fam[i], (keys[i], values[i]), rx, rf_prev, rf_new, tails[i])
+                x, fam[i], (k, v), tails[i], p, u = layer(x, fam[i], (keys[i], values[i]), rx, rf_prev, rf_new, tails[i],
+                                                         filled)
                 if p is not None:
                     ps.append(p)
                     us.append(u)
                 keys[i] = torch.cat((keys[i], k), 2)[:, :, -keep:] if keep else k[:, :, :0]
                 values[i] = torch.cat((values[i], v), 2)[:, :, -keep:] if keep else v[:, :, :0]
             outs.append(x)
-            pos += n
+            pos = pos + n
         h = self.norm(torch.cat(outs, 1))
         new = FAMState(torch.stack(fam, 1), keys, values, pos, tails if state.conv is not None else None)
         aux = {}
