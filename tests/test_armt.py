@@ -148,3 +148,51 @@ def test_armt_warm_started_from_an_rmt_equals_it_on_a_first_segment():
         torch.testing.assert_close(later, rmt(x).logits, atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="share no weights"):
         transfer_weights(torch.nn.Linear(2, 2), armt)
+
+
+def test_armt_write_skip_keeps_the_memory_exactly_and_trains_the_decision():
+    """write_skip (not in the paper, as RMT's): decisions "write" everywhere give the paper's ARMT; "keep"
+    everywhere leaves (A, z) bit for bit as they were, however long the input; a mixed decision writes only the
+    chosen keys (delta_write with u); the decision gets gradient from the task (straight-through) and from write_cost; an ARMT
+    without it hands every weight to one with it (init_from's warm start)."""
+    from memlab.models.base import transfer_weights
+    from memlab.stream import unroll
+
+    plain = _trained_looking()
+    m = _trained_looking(write_skip=True)
+    taken, fresh = transfer_weights(plain, m)
+    assert sorted(fresh) == [f"assoc.{i}.skip.{w}" for i in range(2) for w in ("bias", "weight")]
+    x = torch.randint(3, 61, (2, 8))
+    with torch.no_grad():
+        start = plain(x).state  # a memory with something in it
+        for a in m.assoc:
+            a.skip.bias.fill_(20.0)  # every memory token writes: the paper's ARMT
+        torch.testing.assert_close(m(x, start).state.A, plain(x, start).state.A, atol=1e-6, rtol=1e-6)
+        for a in m.assoc:
+            a.skip.bias.fill_(-20.0)  # none writes
+        kept = start
+        for s in range(0, 40, 8):
+            kept = m(torch.randint(3, 61, (2, 8)), kept).state
+        assert torch.equal(kept.A, start.A) and torch.equal(kept.z, start.z)
+        out = m(x, start)
+    assert (out.aux["write_p"] < 0.5).all() and out.aux["write_gate"].shape == (2, 2, 1, 3, 1)
+    assert (out.aux["write_gate"] == 0).all()
+    # a mixed decision: of two orthogonal keys only the one with u = 1 is stored (and counted in z)
+    A, z = _empty(V=2)
+    keys, values = torch.eye(6)[None, None, :2], torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    A, z = delta_write(A, z, keys, values, torch.ones(1, 1, 2, 1), u=torch.tensor([1.0, 0.0]).view(1, 1, 2, 1))
+    torch.testing.assert_close(assoc_read(A, z, keys)[0, 0, 0], values[0, 0, 0], atol=1e-4, rtol=1e-4)  # (EPS)
+    assert torch.equal(assoc_read(A, z, keys)[0, 0, 1], torch.zeros(2)) and z[0, 0, 1] == 0
+    m.train()
+    y = torch.full((2, 24), -100)
+    y[:, -1] = 3
+    xx = torch.randint(3, 61, (2, 24))
+    with torch.no_grad():
+        for a in m.assoc:
+            a.skip.bias.fill_(1.0)
+    m.zero_grad()
+    unroll(m, xx, y)[0].backward()
+    assert all(a.skip.weight.grad is not None and a.skip.weight.grad.abs().sum() > 0 for a in m.assoc)
+    m.zero_grad()
+    (unroll(m, xx, y, write_cost=1.0)[0] - unroll(m, xx, y)[0]).backward()
+    assert all(a.skip.bias.grad > 0 for a in m.assoc)  # the price pushes towards keeping

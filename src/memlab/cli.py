@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch threads (0 = default); may differ on --resume")
     t.add_argument("--device", help="cpu (default) or cuda; may differ on --resume")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="full-length segments through torch.compile (fixed-state models such as rmt; needs a C++ "
+                   help="full-length segments through torch.compile (fixed-state models: rmt, armt, sleep, fam, titans mac/lmm; needs a C++ "
                         "compiler; 1.3-1.8x faster steps measured on 2 cores); may differ on --resume")
     t.add_argument("--haystack", nargs="+", metavar="FILE", help="haystack text files (default: procedural text)")
     t.add_argument("--babi-dir", help="original bAbI files for held-out evaluation")
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object per cell")
     e.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the models stream")
     e.add_argument("--compile", action="store_true",
-                   help="stream fixed-state models (RMT) through torch.compile: ~2x faster after a compile of "
+                   help="stream fixed-state models (rmt, armt, sleep, fam, titans mac/lmm) through torch.compile: ~2x faster after a compile of "
                         "~15 s per batch size (needs a C++ compiler)")
     e.add_argument("--methods", default="readagent,gists,bm25,full",
                    help="readagent:... only: the readers to compare on the same pages (readagent, gists, bm25, full)")

@@ -120,9 +120,10 @@ def _sleep_probe(_, S, q, k, v, alpha, beta):
     return {"write": torch.stack(w, 1)}
 
 
-def _armt_probe(_, A, z, f, v, beta):
-    """Per segment (one delta write per layer): the mean write gate over heads and memory tokens."""
-    return {"gate": beta.mean(dim=(1, 2, 3))}
+def _armt_probe(_, A, z, f, v, beta, u=None):
+    """Per segment (one delta write per layer): the mean write gate over heads and memory tokens (with write_skip,
+    beta * u: what is written)."""
+    return {"gate": (beta if u is None else beta * u).mean(dim=(1, 2, 3))}
 
 
 @torch.inference_mode()

@@ -9,6 +9,11 @@ memory tokens see the whole segment. Every layer l owns an associative memory: a
   and z_l += gamma phi(k) with gamma = clip(1 - z_l . phi(k), 0, 1), so a key written again does not count twice.
 The memory tokens are the same learned vectors in every segment (they are not carried): the state is (A, z)
 per layer, fixed size, and segment s reads what segments < s wrote.
+
+`write_skip` (not in the paper; as RMT's): a hard write-or-keep decision per memory token, layer and segment,
+u = 1[sigmoid(w . rms(m) + b) > 1/2] (straight-through); u scales both beta and gamma, so a segment whose tokens all
+keep leaves (A, z) exactly as they were. The soft gate beta alone never reaches zero: over a million tokens its
+small writes of book text add up.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from einops import rearrange
 from torch import nn
 
 from .base import ModelOutput, SequenceModel, check_options
-from .blocks import Block, RecencyFeatures, init_weights, rotary_tables
+from .blocks import Block, RecencyFeatures, hard_decision, init_weights, rotary_tables
 
 EPS = 1e-5  # keeps the normaliser away from zero where nothing was written
 
@@ -42,6 +47,7 @@ class ARMTConfig:
     recency: bool = False  # learned per-head recency bias on attention scores (ALiBi-initialised)
     segment_len: int = 128  # tokens per segment (positions restart in every segment)
     rope_base: float = 10000.0  # rotary base
+    write_skip: bool = False  # a hard write-or-keep decision per memory token, layer and segment (straight-through)
     kind: str = field(default="armt")  # registry name, saved in config.json
 
 
@@ -64,11 +70,14 @@ def assoc_read(A: torch.Tensor, z: torch.Tensor, f: torch.Tensor) -> torch.Tenso
     return (f @ A) / ((f * z[:, :, None]).sum(-1, keepdim=True) + EPS)
 
 
-def delta_write(A, z, f, v, beta):
+def delta_write(A, z, f, v, beta, u=None):
     """The delta rule for keys f [B, H, M, F] (unit length), values v [B, H, M, V], gates beta [B, H, M, 1]:
     each key adds beta * (v - what A returns for it); z grows by gamma f, gamma = clip(1 - z . f, 0, 1) (no
-    gradient), the share of the key not yet counted. All M keys are written at once, against the old A."""
+    gradient), the share of the key not yet counted. All M keys are written at once, against the old A.
+    u [B, 1 or H, M, 1] (write_skip's 0/1 decisions) scales beta and gamma: a key with u = 0 writes nothing."""
     gamma = (1 - (f * z[:, :, None]).sum(-1, keepdim=True)).clamp(0, 1).detach()
+    if u is not None:
+        beta, gamma = beta * u, gamma * u
     new_A = A + f.transpose(-1, -2) @ (beta * (v - assoc_read(A, z, f)))
     return new_A, z + (gamma * f).sum(-2)
 
@@ -77,13 +86,14 @@ class AssociativeMemory(nn.Module):
     """One layer's read and write projections: q, k (d_model -> d_mem), v (d_model -> d_model, zero at init, so
     an untrained memory returns nothing), and the write gate beta (one per head)."""
 
-    def __init__(self, d_model: int, d_mem: int, heads: int, nu: int):
+    def __init__(self, d_model: int, d_mem: int, heads: int, nu: int, write_skip: bool = False):
         super().__init__()
         self.heads, self.nu = heads, nu
         self.q = nn.Linear(d_model, d_mem, bias=False)
         self.k = nn.Linear(d_model, d_mem, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.beta = nn.Linear(d_model, heads)
+        self.skip = nn.Linear(d_model, 1) if write_skip else None  # write_skip's decision, one per memory token
 
     def features(self, proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return dpfp(rearrange(proj(x), "b n (h k) -> b h n k", h=self.heads), self.nu)
@@ -93,10 +103,15 @@ class AssociativeMemory(nn.Module):
         return rearrange(assoc_read(A, z, self.features(self.q, x)), "b h n v -> b n (h v)")
 
     def write(self, m, A, z):
-        """m [B, M, D]: the memory tokens' outputs -> the new (A, z)."""
+        """m [B, M, D]: the memory tokens' outputs -> the new (A, z), and with write_skip the decisions'
+        probabilities p and the written share beta * u, both [B, H or 1, M, 1] (else None, None)."""
         v = rearrange(self.v(m), "b m (h v) -> b h m v", h=self.heads)
         beta = rearrange(torch.sigmoid(self.beta(m)), "b m h -> b h m ()")
-        return delta_write(A, z, self.features(self.k, m), v, beta)
+        if self.skip is None:
+            return *delta_write(A, z, self.features(self.k, m), v, beta), None, None
+        p = rearrange(torch.sigmoid(self.skip(F.rms_norm(m, m.shape[-1:]))), "b m one -> b one m ()")
+        u = hard_decision(p)
+        return *delta_write(A, z, self.features(self.k, m), v, beta, u), p, beta * u
 
 
 class ARMT(SequenceModel):
@@ -120,14 +135,19 @@ class ARMT(SequenceModel):
         self.memory = nn.Parameter(torch.randn(c.num_mem, c.d_model) * 0.02)
         self.sink = nn.Parameter(torch.randn(c.num_sink, c.d_model) * 0.02) if c.num_sink else None
         self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_mult, c.rope_base, c.conv, c.recency) for _ in range(c.n_layers))
-        self.assoc = nn.ModuleList(AssociativeMemory(c.d_model, c.d_mem, c.assoc_heads, c.dpfp_nu) for _ in range(c.n_layers))
+        self.assoc = nn.ModuleList(AssociativeMemory(c.d_model, c.d_mem, c.assoc_heads, c.dpfp_nu, c.write_skip)
+                                   for _ in range(c.n_layers))
         self.norm = nn.RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight  # tied
         init_weights(self, c.n_layers)
         for a in self.assoc:
             nn.init.zeros_(a.v.weight)
+            if a.skip is not None:
+                nn.init.constant_(a.skip.bias, 1.0)  # start by writing everywhere (p ~ 0.73): the paper's ARMT
         self._pos_cache: dict = {}
+
+    warm_start_fields = ("write_skip",)  # init_from may switch these on (not off): the new module starts as built
 
     @property
     def features(self) -> int:
@@ -162,14 +182,19 @@ class ARMT(SequenceModel):
             if key not in self._pos_cache:
                 self._pos_cache[key] = torch.tensor([S + p for p in keep] + list(range(S + T, S + T + M)), device=x.device)
             rows = self._pos_cache[key]
-        new_A, new_z = [], []
+        new_A, new_z, ps, written = [], [], [], []
         for i, (block, mem) in enumerate(zip(self.blocks, self.assoc)):
             A, z = state.A[:, i], state.z[:, i]
             x = x + mem.read(x, A, z)
             x, _, _ = block(x, rope, dist=dist, rows=rows if i == len(self.blocks) - 1 else None)
-            A, z = mem.write(x[:, -M:], A, z)
+            A, z, p, w = mem.write(x[:, -M:], A, z)
             new_A.append(A)
             new_z.append(z)
+            if p is not None:
+                ps.append(p)
+                written.append(w)
         h = self.norm(x[:, :-M] if keep is not None else x[:, S:-M])  # the kept rows, or the T segment positions
+        # with write_skip: write_p [B, L, 1, M, 1] and write_gate [B, L, H, M, 1] (beta * u: unroll's write_cost)
+        aux = {"write_p": torch.stack(ps, 1), "write_gate": torch.stack(written, 1)} if ps else {}
         return ModelOutput(self.lm_head(h) if return_logits else None,
-                           AssociativeState(torch.stack(new_A, 1), torch.stack(new_z, 1)), h)
+                           AssociativeState(torch.stack(new_A, 1), torch.stack(new_z, 1)), h, aux)

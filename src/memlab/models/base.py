@@ -90,10 +90,11 @@ class SequenceModel(nn.Module):
 
 def transfer_weights(src: nn.Module, dst: nn.Module) -> tuple[list[str], list[str]]:
     """Copy into dst every parameter/buffer of src with the same name and shape (a warm start from another
-    model kind that shares the blocks, e.g. ARMT from an RMT), and those dst.init_aliases maps to a src name
-    ({dst name: src name}); returns (copied names, names left as built)."""
+    model kind that shares the blocks, e.g. ARMT from an RMT), and, for names src lacks, those dst.init_aliases
+    maps to a src name ({dst name: src name}); returns (copied names, names left as built)."""
     src_sd, dst_sd = src.state_dict(), dst.state_dict()
-    name = {k: getattr(dst, "init_aliases", {}).get(k, k) for k in dst_sd}
+    aliases = getattr(dst, "init_aliases", {})
+    name = {k: k if k in src_sd else aliases.get(k, k) for k in dst_sd}  # the same kind keeps its own tensors
     taken = [k for k, v in dst_sd.items() if name[k] in src_sd and src_sd[name[k]].shape == v.shape]
     if not taken:
         raise ValueError(f"{type(src).__name__} and {type(dst).__name__} share no weights (same name and shape)")

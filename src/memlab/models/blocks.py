@@ -128,7 +128,7 @@ class Attention(nn.Module):
 
 def hard_decision(p: torch.Tensor) -> torch.Tensor:
     """Straight-through write-or-keep: forward 1[p > 1/2] exactly (0 or 1), backward the gradient of p
-    (as in Skip RNN, arXiv:1708.06834). Used by the write_skip options of rmt, fam and titans."""
+    (as in Skip RNN, arXiv:1708.06834). Used by the write_skip options of rmt, armt, fam and titans."""
     return (p > 0.5).to(p.dtype) + p - p.detach()
 
 
