@@ -9,6 +9,8 @@ from memlab.models.blocks import apply_rotary, rotary_tables
 from memlab.models.registry import build_model, make_config
 from memlab.stream import segment_bounds, stream
 
+from helpers import assert_compiled_unroll_equals_eager, assert_write_decision_trains
+
 TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=2, block=4, segment_len=8, num_fam=3)
 
 
@@ -90,7 +92,6 @@ def test_fam_write_skip_keeps_unwritten_fam_tokens_exactly_and_trains_the_decisi
     """write_skip (not in the paper): a FAM token whose decision is "keep" comes out of the block exactly as it went
     in; "write" everywhere equals the paper's FAM; the decision gets gradient (straight-through) from the task and
     from write_cost; a FAM without it hands every weight to one with it (init_from's warm start)."""
-    from memlab.stream import unroll
     from memlab.train import transfer_weights
 
     plain = _fam(mem_blocks=0)
@@ -115,16 +116,7 @@ def test_fam_write_skip_keeps_unwritten_fam_tokens_exactly_and_trains_the_decisi
     assert written.any() and (~written).any()
     assert torch.equal(out.state.fam[~written], state.fam[~written])
     assert not torch.equal(out.state.fam[written], state.fam[written])
-    m.train()
-    y = torch.full((2, 24), -100)
-    y[:, -1] = 3
-    xx = torch.randint(3, 61, (2, 24))
-    m.zero_grad()
-    unroll(m, xx, y)[0].backward()
-    assert all(layer.skip.weight.grad is not None and layer.skip.weight.grad.abs().sum() > 0 for layer in m.blocks)
-    m.zero_grad()
-    (unroll(m, xx, y, write_cost=1.0)[0] - unroll(m, xx, y)[0]).backward()
-    assert all(layer.skip.bias.grad > 0 for layer in m.blocks)  # the price pushes towards keeping
+    assert_write_decision_trains(m, [layer.skip for layer in m.blocks], torch.randint(3, 61, (2, 24)))
 
 
 def _compile_fam():
@@ -150,20 +142,9 @@ def test_fam_compiled_stream_equals_eager_with_one_graph():
 @pytest.mark.slow  # compiling FAM's backward takes minutes on 2 cores; the compiled unroll itself is tested on RMT
 def test_fam_compiled_training_unroll_equals_eager():
     """unroll(compile=True) on FAM (write_skip, write_cost, truncated BPTT): the eager loss and gradients."""
-    from memlab.stream import unroll
-
     m, x = _compile_fam()
     m.train()
     y = torch.full_like(x, -100)
     y[:, 35], y[:, 20] = 7, 9
-    runs = []
-    for compile in (False, True):
-        m.zero_grad()
-        loss, acc, n = unroll(m, x, y, bptt_depth=3, write_cost=0.5, compile=compile)
-        loss.backward()
-        runs.append((loss.detach(), {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}))
-    (l0, g0), (l1, g1) = runs
-    torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-5)
-    assert g0.keys() == g1.keys() and len(g0) > 10  # (fam_init: none, the first segments are past the BPTT depth)
-    for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], atol=1e-5, rtol=1e-4, msg=k)
+    grads = assert_compiled_unroll_equals_eager(m, x, y, bptt_depth=3, write_cost=0.5)
+    assert len(grads) > 10  # (fam_init: none, the first segments are past the BPTT depth)

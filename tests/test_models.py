@@ -5,7 +5,7 @@ from memlab.models.base import state_nbytes
 from memlab.models.registry import build_model, known_models, make_config
 from memlab.stream import segment_bounds, stream, unroll
 
-from helpers import embedding_grads
+from helpers import assert_compiled_unroll_equals_eager, embedding_grads
 
 TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=2)
 
@@ -373,14 +373,4 @@ def test_compiled_training_unroll_equals_eager_in_loss_and_gradients():
     x = torch.randint(0, 64, (3, 61))
     y = torch.full_like(x, -100)
     y[:, 60], y[:, 30] = 7, 9
-    runs = []
-    for compile in (False, True):
-        m.zero_grad()
-        loss, acc, n = unroll(m, x, y, bptt_depth=3, write_cost=0.5, compile=compile)
-        loss.backward()
-        runs.append((loss.detach(), acc, n, {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}))
-    (l0, a0, n0, g0), (l1, a1, n1, g1) = runs
-    torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-5)
-    assert (a1, n1) == (a0, n0) and g0.keys() == g1.keys() and len(g0) > 10
-    for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert len(assert_compiled_unroll_equals_eager(m, x, y, bptt_depth=3, write_cost=0.5)) > 10
