@@ -268,6 +268,30 @@ def test_a_non_finite_loss_skips_the_update_and_keeps_the_weights_finite(tmp_pat
     assert all(torch.isfinite(w).all() for w in load_file(tmp_path / "ck" / "model.safetensors").values())
 
 
+def test_a_run_whose_updates_stay_non_finite_stops_with_its_last_finite_weights(tmp_path, monkeypatch):
+    import memlab.train as T
+
+    calls, real = [], T.unroll
+
+    def diverged(model, *a, **kw):  # every training step after the first has a non-finite loss
+        loss, acc, n = real(model, *a, **kw)
+        if model.training:
+            calls.append(1)
+        return (loss * float("nan"), acc, n) if len(calls) >= 2 and model.training else (loss, acc, n)
+
+    monkeypatch.setattr(T, "unroll", diverged)
+    with pytest.raises(T.TrainingDiverged, match=r"last 3 updates \(steps 2-4\) had a non-finite gradient"):
+        train(tiny_cfg(steps=20, eval_every=100, ckpt_every=100, max_nonfinite=3), tmp_path / "ck", progress=False,
+              log=lambda m: None)
+    assert len(calls) == 4  # stopped at once, not 16 more skipped steps
+    ck = tmp_path / "ck"  # written at the stop although ckpt_every is 100
+    assert json.loads((ck / "train_info.json").read_text())["step"] == 4
+    assert torch.load(ck / "trainer_state.pt", weights_only=False)["history"]["skipped"] == [1, 2, 3]
+    assert all(torch.isfinite(w).all() for w in load_file(ck / "model.safetensors").values())
+    with pytest.raises(ValueError, match="max_nonfinite must be >= 0"):
+        train_config_from_dict({"max_nonfinite": -1})
+
+
 def test_device_is_checked_and_stays_this_machines_on_resume(tmp_path):
     with pytest.raises(ValueError, match="device 'tpu' is not available here"):
         train_config_from_dict({"device": "tpu"})

@@ -22,6 +22,10 @@ from .stream import model_device, unroll
 from .tasks.variants import TokenTextTask, is_text_task, parse_text_spec
 
 
+class TrainingDiverged(ValueError):
+    """`max_nonfinite` updates in a row had a non-finite gradient; the checkpoint holds the last finite weights."""
+
+
 @dataclass
 class TrainConfig:
     model: str = "rmt"  # registry name
@@ -38,6 +42,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.1  # AdamW weight decay
     grad_clip: float = 1.0  # max grad norm
+    max_nonfinite: int = 10  # stop (checkpoint written, error raised) after this many updates in a row with a
+    # non-finite gradient: the run has diverged, and skipping more updates only spends time (0 = never stop)
     bptt_depth: int | None = None  # None = full BPTT through every segment of a sample
     lm_weight: float = 0.0  # auxiliary next-token loss weight
     write_cost: float = 0.0  # weight of the mean memory write gate in the loss (rmt with mem_gate; see stream.unroll)
@@ -96,6 +102,7 @@ def validate(cfg: TrainConfig):
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.bptt_depth is None or cfg.bptt_depth >= 1, f"bptt_depth must be >= 1 or null, got {cfg.bptt_depth}"),
+        (cfg.max_nonfinite >= 0, f"max_nonfinite must be >= 0 (0 = never stop), got {cfg.max_nonfinite}"),
         (cfg.write_cost >= 0, f"write_cost must be >= 0 (0 = no price on memory writes), got {cfg.write_cost}"),
         (0.0 <= cfg.memory_only <= 1.0, f"memory_only must be a fraction in [0, 1], got {cfg.memory_only}"),
         (_device_ok(cfg.device), device_error(cfg.device)),
@@ -404,7 +411,7 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
         until = cfg.stop_at if until is None else min(until, cfg.stop_at)
     end = cfg.steps if until is None else min(cfg.steps, until)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress, dynamic_ncols=True)
-    ema_acc, toks, t_last = None, 0, time.time()
+    ema_acc, toks, t_last, bad_run = None, 0, time.time(), 0
     for step in bar:
         t0 = time.time()
         rng = random.Random(cfg.seed * 7919 + step)
@@ -428,8 +435,10 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if torch.isfinite(norm):
             opt.step()
+            bad_run = 0
         else:  # a non-finite loss or gradient (e.g. a diverging inner memory): skip the update, keep the weights
             history.setdefault("skipped", []).append(step)
+            bad_run += 1
             (bar.write if progress else log)(f"step {step + 1}: non-finite gradient, update skipped "
                                              f"({len(history['skipped'])} so far)")
         seconds += time.time() - t0
@@ -458,8 +467,16 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
                 msg += " (" + ", ".join(f"{k} {v:.2f}" for k, v in row["heldout_acc_per_task"].items()) + ")"
             history["eval"].append(row)
             (bar.write if progress else log)(f"{msg} ({seconds:.0f}s of training)")
-        if (done % cfg.ckpt_every == 0 or done == cfg.steps or done == until) and rank == 0:
+        diverged = cfg.max_nonfinite and bad_run >= cfg.max_nonfinite
+        if (done % cfg.ckpt_every == 0 or done == cfg.steps or done == until or diverged) and rank == 0:
             checkpoint(done)
+        if diverged:
+            raise TrainingDiverged(
+                f"the last {bad_run} updates (steps {done - bad_run + 1}-{done}) had a non-finite gradient, so the run has "
+                f"diverged and was stopped; {out_dir} holds its weights at step {done}, unchanged since step "
+                f"{done - bad_run}. Gradients through the recurrent state may explode (measure them at a few "
+                f"bptt_depth values): retrain from an earlier stage with a lower lr or a shorter bptt_depth, or set "
+                f"max_nonfinite: 0 to skip such updates without stopping")
         if done == until:
             break
         if fail_at == (rank, done):  # fault injection (tests): this process dies here, without cleaning up
