@@ -474,8 +474,8 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
             raise TrainingDiverged(
                 f"the last {bad_run} updates (steps {done - bad_run + 1}-{done}) had a non-finite gradient, so the run has "
                 f"diverged and was stopped; {out_dir} holds its weights at step {done}, unchanged since step "
-                f"{done - bad_run}. Gradients through the recurrent state may explode (measure them at a few "
-                f"bptt_depth values): retrain from an earlier stage with a lower lr or a shorter bptt_depth, or set "
+                f"{done - bad_run}. Gradients through the recurrent state may explode (`python benchmarks/"
+                f"grad_depth.py {out_dir}` measures them against the BPTT depth): retrain from an earlier stage with a lower lr or a shorter bptt_depth, or set "
                 f"max_nonfinite: 0 to skip such updates without stopping")
         if done == until:
             break
