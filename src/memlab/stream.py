@@ -59,6 +59,23 @@ def _prepare_compiled(model, x, seg: int, state, **kwargs) -> None:
         done.add(key)
 
 
+def _dense_strides(shape) -> tuple:
+    out, step = [], 1
+    for n in reversed(shape):
+        out.append(step)
+        step *= n
+    return tuple(reversed(out))
+
+
+def packed(t):
+    """t (a tensor; anything else as it is) with the strides of a freshly allocated tensor. A compiled graph guards on
+    its inputs' strides; `contiguous()` is not enough: it keeps the stride of a size-1 dimension, so a batch-1 state
+    sliced from a larger tensor (Titans' conv tails) would not match the graph and recompile."""
+    if not isinstance(t, torch.Tensor) or (t.is_contiguous() and t.stride() == _dense_strides(t.shape)):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def segment_bounds(length: int, segment_len: int) -> list[tuple[int, int]]:
     """Segments cut from the end: the last segment (which holds the question) is always full and the first
     takes the remainder, so a recurrent model sees its question at the same in-segment position at every
@@ -123,11 +140,11 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
         if compile and not idx and e - s == seg:  # one graph for all these segments (no answer)
             # packed copies: the strides of a slice (of [B, L], or a state sliced from a segment's hidden states)
             # would make the graph guard on them
-            segment = x[:, s:e].clone(memory_format=torch.contiguous_format)
+            segment = packed(x[:, s:e])
             # after this stream's first compiled call, every call has the same shapes: evaluate only the
             # guards that tell cached graphs apart (saves ~0.3 ms of guard checks per segment, measured)
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=compiled_once):
-                out = compiled_call(model, segment, tree_map(torch.Tensor.contiguous, state), return_logits=False,
+                out = compiled_call(model, segment, tree_map(packed, state), return_logits=False,
                                     **({"keep": []} if keep_ok else {}))
             compiled_once = True
             state = out.state
@@ -187,8 +204,7 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
         with torch.set_grad_enabled(torch.is_grad_enabled() and needs[j]):
             if compile and e - s == seg:  # packed copies: the strides of a slice (the segment of [B, L], a state
                 # written by a shorter segment) would make the graph guard on them, and recompile per length
-                out = compiled_call(model, x[:, s:e].clone(memory_format=torch.contiguous_format),
-                                    tree_map(torch.Tensor.contiguous, state), return_logits=False)
+                out = compiled_call(model, packed(x[:, s:e]), tree_map(packed, state), return_logits=False)
             else:
                 out = model(x[:, s:e], state, return_logits=False)
         state = out.state
