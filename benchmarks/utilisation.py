@@ -2,8 +2,9 @@
 peak. FLOPs are counted, not estimated: torch's FlopCounterMode on one segment's forward (matmuls and attention),
 times the segments streamed. The peak is the best of square fp32 matmuls of 512-4096 on the same threads.
 
-Models: the shipped checkpoints (rmt-qa1, armt-qa1) and, for the kinds without a shipped checkpoint (titans, fam,
-sleep), their qa1 recipes' configurations with fresh weights (speed does not depend on training).
+Models: the shipped checkpoints (rmt-qa1, armt-qa1, titans-qa1, fam-qa1) and, for sleep, which has none, its
+recipe's configuration with fresh weights (speed does not depend on training). Every fixed-state model is timed
+eagerly and through torch.compile (`stream(..., compile=True)`).
 
     python benchmarks/utilisation.py            # -> benchmarks/results/utilisation.json
 """
@@ -54,12 +55,9 @@ def segment_flops(model, batch: int) -> int:
 
 
 def models():
-    for name in ("rmt-qa1", "armt-qa1"):
+    for name in ("rmt-qa1", "armt-qa1", "titans-qa1", "fam-qa1"):
         m, _, _ = load_checkpoint(ROOT / "checkpoints" / name)
         yield name, m
-    for recipe in ("titans-qa1-stage1", "fam-qa1-stage1"):
-        cfg = load_recipe(ROOT / "configs" / f"{recipe}.yaml")
-        yield f"{cfg.model} ({recipe} config)", build_model(make_config(cfg.model, vocab_size=2048, **cfg.model_args))
     cfg = load_recipe(ROOT / "configs" / "sleep-qa2.yaml")
     yield "sleep (sleep-qa2 config)", build_model(make_config(cfg.model, vocab_size=2048, **cfg.model_args))
 
