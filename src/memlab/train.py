@@ -472,11 +472,11 @@ def _train(cfg, out_dir, resume, progress, log, until, device, rank, world) -> d
             checkpoint(done)
         if diverged:
             raise TrainingDiverged(
-                f"the last {bad_run} updates (steps {done - bad_run + 1}-{done}) had a non-finite gradient, so the run has "
-                f"diverged and was stopped; {out_dir} holds its weights at step {done}, unchanged since step "
-                f"{done - bad_run}. Gradients through the recurrent state may explode (`python benchmarks/"
-                f"grad_depth.py {out_dir}` measures them against the BPTT depth): retrain from an earlier stage with a lower lr or a shorter bptt_depth, or set "
-                f"max_nonfinite: 0 to skip such updates without stopping")
+                f"the last {bad_run} updates (steps {done - bad_run + 1}-{done}) had a non-finite gradient, so the run "
+                f"has diverged and was stopped; {out_dir} holds its weights at step {done}, unchanged since step "
+                f"{done - bad_run}. Gradients through the recurrent state may explode (`python benchmarks/grad_depth.py "
+                f"{out_dir}` measures them against the BPTT depth): retrain from an earlier stage with a lower lr or a "
+                f"shorter bptt_depth, or set max_nonfinite: 0 to skip such updates without stopping")
         if done == until:
             break
         if fail_at == (rank, done):  # fault injection (tests): this process dies here, without cleaning up
