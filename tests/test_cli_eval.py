@@ -195,6 +195,20 @@ def test_eval_rerun_skips_finished_cells(evaluated, ckpts, book, monkeypatch):
         assert {(c.model, c.length): c.created for c in s.cells()} == before
 
 
+def test_eval_refuses_a_stored_cell_of_another_seed(evaluated, ckpts, book):
+    """The store keys cells by model, task and length: a run on other samples (--seed 1) must not skip the cells
+    of seed 0 as done, nor overwrite them."""
+    store, _ = evaluated
+    with ResultStore(store) as s:
+        before = {(c.model, c.length): (c.created, c.extra["seed"]) for c in s.cells()}
+    assert {seed for _, seed in before.values()} == {0}
+    code, out, err = run(*eval_args(ckpts["rmt"], store, book, "--seed", "1"))
+    assert code == 2 and out == ""
+    assert "measured with --seed 0, and this run asks --seed 1" in err and "another --store" in err
+    with ResultStore(store) as s:
+        assert {(c.model, c.length): (c.created, c.extra["seed"]) for c in s.cells()} == before
+
+
 def test_eval_interrupted_sweep_resumes(ckpts, book, tmp_path, evaluated, monkeypatch):
     store = tmp_path / "r.sqlite"
     code, out, err = run(*eval_args(ckpts["rmt"], store, book, lengths="200"))

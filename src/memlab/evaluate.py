@@ -193,6 +193,7 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
                 continue
             n = spec.samples_at(length)
             done = store.get(name, task_name, length)
+            _check_seed(store, done, spec.seed)
             if done is not None and done.status == "ok" and done.samples >= n:
                 log(f"{name} {task_name} {length}: done already, skipped")
                 continue
@@ -214,6 +215,16 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
             log(f"{name} {task_name} {length}: accuracy {cell.accuracy:.3f} [{cell.ci_low:.3f}, {cell.ci_high:.3f}] "
                 f"n={n} {cell.tokens_per_s:.0f} tok/s state {cell.state_bytes} B")
             on_cell and on_cell(cell)
+
+
+def _check_seed(store: ResultStore, cell, seed: int) -> None:
+    """A stored cell is keyed by model, task and length; one measured on other samples (another --seed) must not pass
+    for this run's. Cells stored before the seed was recorded are taken as they are."""
+    stored = (cell.extra or {}).get("seed") if cell is not None else None
+    if stored is not None and stored != seed:
+        raise ValueError(f"{cell.model} {cell.task} {cell.length}: the store {store.path} holds this cell measured with "
+                         f"--seed {stored}, and this run asks --seed {seed}; cells are keyed by model, task and length, so "
+                         f"use another --store for other samples (or the same --seed to resume)")
 
 
 def _done(store: ResultStore, name: str, task: str, length: int, samples: int, log) -> bool:
@@ -253,11 +264,10 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
         del tokens, res
     secs = time.perf_counter() - t0
     lo, hi = wilson_interval(correct, n)
-    extra = {"estimate": estimate} if estimate else {}
+    extra = {"estimate": estimate, "seed": spec.seed} if estimate else {"seed": spec.seed}
     extra.update({f"{k}_per_sample": v / n for k, v in totals.items() if k.startswith("flops")})
     if device.type == "cuda":  # the time and memory of this cell are the GPU's, not this CPU's
         extra.update({"device": torch.cuda.get_device_name(device), "peak_device_bytes": torch.cuda.max_memory_allocated(device)})
-    extra = extra or None
     return Cell(name, task_name, length, n, correct / n, lo, hi, secs, secs / n, n * length / secs, state_bytes, _peak_rss(), "ok", None, extra)
 
 
