@@ -264,7 +264,7 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
         del tokens, res
     secs = time.perf_counter() - t0
     lo, hi = wilson_interval(correct, n)
-    extra = {"estimate": estimate, "seed": spec.seed} if estimate else {"seed": spec.seed}
+    extra = {"seed": spec.seed, **({"estimate": estimate} if estimate else {})}  # the seed: which samples these are
     extra.update({f"{k}_per_sample": v / n for k, v in totals.items() if k.startswith("flops")})
     if device.type == "cuda":  # the time and memory of this cell are the GPU's, not this CPU's
         extra.update({"device": torch.cuda.get_device_name(device), "peak_device_bytes": torch.cuda.max_memory_allocated(device)})
