@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -361,6 +362,33 @@ def test_compiled_stream_equals_eager_stream_and_refuses_growing_state():
     tf = build_model(make_config("transformer", **TINY))
     with pytest.raises(ValueError, match="grows with the context"):
         stream(tf, x, [60], compile=True)
+
+
+def test_stream_reads_a_list_of_rows_a_segment_at_a_time_with_the_same_result():
+    """A batch given as rows that slice (lazy samples) streams exactly as the stacked [B, L] array, eager and
+    compiled; each row is only ever sliced to one segment; rows of different lengths are refused."""
+    class Rows:
+        def __init__(self, a):
+            self.a, self.widest = a, 0
+
+        def __len__(self):
+            return len(self.a)
+
+        def __getitem__(self, key):
+            self.widest = max(self.widest, key.stop - key.start)
+            return self.a[key]
+
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", vocab_size=64, d_model=32, n_layers=2, n_heads=4, num_mem=3, segment_len=8)).eval()
+    x = np.random.default_rng(0).integers(0, 64, (2, 61))
+    for compile in (False, True):
+        rows = [Rows(r) for r in x]
+        got, ref = stream(m, rows, [5, 60], compile=compile), stream(m, x, [5, 60], compile=compile)
+        torch.testing.assert_close(got.logits, ref.logits, atol=0, rtol=0)
+        torch.testing.assert_close(got.state.memory, ref.state.memory, atol=0, rtol=0)
+        assert got.tokens == 61 and max(r.widest for r in rows) == 8
+    with pytest.raises(ValueError, match="one length"):
+        stream(m, [x[0], x[1, :60]], [5])
 
 
 def test_compiled_training_unroll_equals_eager_in_loss_and_gradients():

@@ -12,6 +12,7 @@ from memlab.tasks import (
     HaystackError,
     ProceduralHaystack,
     Question,
+    SplicedTokens,
     TokenizedHaystack,
     WordTokenizer,
     format_babi,
@@ -264,6 +265,64 @@ def test_haystack_take_wraps_and_is_fast(book_stack):
     start0 = next(s for s in hay.starts if np.array_equal(hay.tokens[s:s + 50], out[:50]))
     sent = set(((hay.starts - start0) % n).tolist())
     assert all(int(b) % n in sent for b in bounds[:: max(1, len(bounds) // 500)])
+
+
+def test_haystack_cut_reads_the_cyclic_text_and_its_sentence_starts():
+    """A cut is `take` without building it: tokens(a, b) and its virtual sentence starts against a brute-force
+    reference, across several wraps of a tiny haystack."""
+    hay = TokenizedHaystack.from_arrays(np.arange(10) + 100, [0, 3, 7])
+    for n_tokens in (0, 1, 3, 4, 25, 40):
+        rng = np.random.default_rng(n_tokens)
+        cut = hay.cut(rng, n_tokens)
+        text = [100 + (cut.first + i) % 10 for i in range(n_tokens)]
+        starts = [i for i in range(n_tokens) if (cut.first + i) % 10 in (0, 3, 7)]
+        assert cut.tokens(0, n_tokens).tolist() == text and cut.first in (0, 3, 7)
+        assert all(cut.tokens(a, b).tolist() == text[a:b] for a in range(n_tokens) for b in range(a, n_tokens + 1, 7))
+        assert cut.n_bounds() == len(starts) and cut.bound(np.arange(len(starts))).tolist() == starts
+        for at_most in (-1, 0, 5, 12, 100):
+            assert cut.n_bounds(at_most) == sum(x <= at_most for x in starts)
+        out, bounds = hay.take(np.random.default_rng(n_tokens), n_tokens)  # the same draw
+        assert out.tolist() == text and bounds.tolist() == starts and out.dtype == np.int32
+    with pytest.raises(ValueError, match="outside the cut"):
+        hay.cut(np.random.default_rng(0), 5).tokens(2, 6)
+
+
+@pytest.mark.parametrize("length", [700, 5000, 3_000_000])
+def test_a_lazy_babilong_sample_is_the_eager_one_read_in_slices(book_stack, length):
+    """sample(..., lazy=True) gives the same ids as the built sample (3M tokens wrap the books several times),
+    read a slice at a time at any cut, with the same spans."""
+    _, tok, hay = book_stack
+    bt = BabilongTask(2, generate_babi(2, 20, seed=1, max_facts=30), tok, hay)
+    for seed, before in ((0, None), (7, length - 128)):
+        eager, lazy = bt.sample(length, seed, before), bt.sample(length, seed, before, lazy=True)
+        assert isinstance(lazy.tokens, SplicedTokens) and len(lazy.tokens) == length == lazy.tokens.shape[0]
+        assert (eager.fact_spans, eager.question_span, eager.meta) == (lazy.fact_spans, lazy.question_span, lazy.meta)
+        whole = np.asarray(lazy.tokens)
+        assert whole.dtype == np.int64 and np.array_equal(whole, eager.tokens)
+        cuts = sorted({0, length} | {a for span in eager.fact_spans for a in span}
+                      | set(np.random.default_rng(seed).integers(0, length, 40).tolist()))
+        assert np.array_equal(np.concatenate([lazy.tokens[a:b] for a, b in zip(cuts, cuts[1:])]), eager.tokens)
+        assert np.array_equal(lazy.tokens[-10:], eager.tokens[-10:])
+    with pytest.raises(TypeError, match="contiguous slice"):
+        lazy.tokens[3]
+
+
+def test_a_lazy_sample_of_50m_tokens_holds_no_more_than_the_haystack(book_stack):
+    """Memory flat in length: building a 50M-token lazy sample and reading one segment allocates a few MB (the
+    cut's sentence table), not the 400 MB of a built one."""
+    import tracemalloc
+
+    _, tok, hay = book_stack
+    bt = BabilongTask(1, generate_babi(1, 5, seed=0), tok, hay)
+    tracemalloc.start()
+    try:
+        s = bt.sample(50_000_000, 3, lazy=True)
+        seg = s.tokens[40_000_000:40_000_128]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(s.tokens) == 50_000_000 and seg.shape == (128,)
+    assert peak < 16 * len(hay.starts) + 4_000_000, peak
 
 
 def test_procedural_haystack():

@@ -252,10 +252,10 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
         torch.cuda.reset_peak_memory_stats(device)
     correct, t0, state_bytes, totals = 0, time.perf_counter(), 0, {}
     for b in range(0, n, spec.batch_size):
-        samples = [bt.sample(length, _sample_seed(spec, i)) for i in range(b, min(b + spec.batch_size, n))]
-        tokens = np.stack([s.tokens for s in samples])
-        res = stream(model, tokens, [length - 1] if length else [tokens.shape[1] - 1],
-                     compile=spec.compile and getattr(model, "fixed_state", False))
+        # lazy samples: the runner reads them a segment at a time, so memory stays flat in length
+        samples = [bt.sample(length, _sample_seed(spec, i), lazy=True) for i in range(b, min(b + spec.batch_size, n))]
+        tokens = [s.tokens for s in samples]
+        res = stream(model, tokens, [len(tokens[0]) - 1], compile=spec.compile and getattr(model, "fixed_state", False))
         pred = res.logits[:, 0].argmax(-1)
         correct += sum(int(p) == s.answer for p, s in zip(pred.tolist(), samples))
         state_bytes = state_nbytes(res.state) // len(samples)

@@ -41,16 +41,16 @@ def compiled_call(model, *args, **kwargs):
 _WARM: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> segment shapes whose caches are filled
 
 
-def _prepare_compiled(model, x, seg: int, state, **kwargs) -> None:
-    """Before compiled calls on segments of `seg` tokens of x: checks that the model's state has a fixed shape, then
+def _prepare_compiled(model, segment, state, **kwargs) -> None:
+    """Before compiled calls on segments shaped like `segment` (a full segment; None where there is none): checks
+    that the model's state has a fixed shape, then
     runs one throwaway eager forward per model, segment shape and keyword arguments (those of the compiled calls to
     come). A model's per-length caches (rotary tables, distances) are so always computed eagerly: filled inside a
     compiled graph they can differ in the last bit (a resumed run would no longer equal an uninterrupted one), and
     the graph's guards would see them change (one needless recompile)."""
     compiled_forward(model)
-    if x.shape[1] < seg:
+    if segment is None:
         return
-    segment = x[:, x.shape[1] - seg :]
     done = _WARM.setdefault(model, set())
     key = (tuple(segment.shape), str(segment.device), repr(sorted(kwargs.items())))
     if key not in done:
@@ -91,6 +91,19 @@ def _as_tensor(tokens, device=None) -> torch.Tensor:
     return t.to(device=device, dtype=torch.long)
 
 
+def _slicer(tokens, device):
+    """(B, L, get) with get(s, e) = tokens[:, s:e] as a long tensor on device. tokens: [B, L] (numpy or torch), or a
+    list of B equal-length rows that slice to arrays (e.g. lazy BABILong samples' `SplicedTokens`), of which only
+    the segment asked for is ever built."""
+    if isinstance(tokens, (list, tuple)):
+        lengths = {len(r) for r in tokens}
+        if len(lengths) != 1:
+            raise ValueError(f"the rows of a batch must have one length, got lengths {sorted(lengths)}; batch samples of one length")
+        return len(tokens), lengths.pop(), lambda s, e: _as_tensor(np.stack([np.asarray(r[s:e]) for r in tokens]), device)
+    x = _as_tensor(tokens, device)
+    return x.shape[0], x.shape[1], lambda s, e: x[:, s:e]
+
+
 def model_device(model) -> torch.device:
     """The device of the model's weights (inputs are moved there)."""
     p = next(model.parameters(), None)
@@ -113,24 +126,24 @@ def _add_numbers(totals: dict, aux: dict) -> None:
 
 @torch.inference_mode()
 def stream(model, tokens, positions, segment_len: int | None = None, state=None, compile: bool = False) -> StreamResult:
-    """Run `tokens` ([B, L], numpy or torch) through `model` segment by segment and keep the logits at
-    `positions` (indices into L, shared by the batch) only: a million-token sample never materialises
-    more than one segment of hidden states.
+    """Run `tokens` ([B, L], numpy or torch, or a list of B rows read a segment at a time, see `_slicer`) through
+    `model` segment by segment and keep the logits at `positions` (indices into L, shared by the batch) only: a
+    million-token sample never materialises more than one segment of hidden states.
     compile: run the full-length segments that hold no kept position (all but a few) through
     `compiled_forward(model)`; the first call per batch size compiles (seconds to tens of seconds)."""
-    x = _as_tensor(tokens, model_device(model))
-    B, L = x.shape
+    device = model_device(model)
+    B, L, get = _slicer(tokens, device)
     seg = segment_len or model.config.segment_len
     positions = sorted(int(p) for p in positions)
     if positions and not (0 <= positions[0] and positions[-1] < L):
         raise ValueError(f"positions must lie in [0, {L}), got {positions[0]}..{positions[-1]}")
     # cloned here: every state the loop sees is then an inference tensor (a compiled forward would otherwise
     # recompile once for the initial state, which is a view of a parameter)
-    state = tree_map(torch.clone, state if state is not None else model.init_state(B, x.device))
+    state = tree_map(torch.clone, state if state is not None else model.init_state(B, device))
     kept, p, totals = [], 0, {}
     keep_ok = getattr(model, "accepts_keep", False)  # the model can skip the positions we do not need
     if compile:
-        _prepare_compiled(model, x, seg, state, **({"keep": []} if keep_ok else {}))
+        _prepare_compiled(model, get(L - seg, L) if L >= seg else None, state, **({"keep": []} if keep_ok else {}))
     compiled_once = False
     for s, e in segment_bounds(L, seg):
         idx = []
@@ -140,7 +153,7 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
         if compile and not idx and e - s == seg:  # one graph for all these segments (no answer)
             # packed copies: the strides of a slice (of [B, L], or a state sliced from a segment's hidden states)
             # would make the graph guard on them
-            segment = packed(x[:, s:e])
+            segment = packed(get(s, e))
             # after this stream's first compiled call, every call has the same shapes: evaluate only the
             # guards that tell cached graphs apart (saves ~0.3 ms of guard checks per segment, measured)
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=compiled_once):
@@ -151,16 +164,16 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
             _add_numbers(totals, out.aux)
             continue
         if keep_ok:
-            out = model(x[:, s:e], state, return_logits=False, keep=idx)
+            out = model(get(s, e), state, return_logits=False, keep=idx)
             hidden = out.hidden
         else:
-            out = model(x[:, s:e], state, return_logits=False)
+            out = model(get(s, e), state, return_logits=False)
             hidden = out.hidden[:, idx]
         state = out.state
         _add_numbers(totals, out.aux)
         if idx:
             kept.append(model.logits(hidden))
-    logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size, device=x.device)
+    logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size, device=device)
     return StreamResult(logits.float(), state, L, totals)
 
 
@@ -187,7 +200,7 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     n = len(bounds)
     state = model.init_state(B, x.device)
     if compile:
-        _prepare_compiled(model, x, seg, state)
+        _prepare_compiled(model, x[:, L - seg :] if L >= seg else None, state)
     total, correct, count, lm_total, lm_count = 0.0, 0, 0, 0.0, 0
     gates = []
     cut = [bptt_depth is not None and j > 0 and (n - j) % bptt_depth == 0 for j in range(n)]

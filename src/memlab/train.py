@@ -303,8 +303,12 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     if cfg.compile:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(cfg, out_dir, resume, progress and rank == 0, log if rank == 0 else (lambda m: None), until,
-                      device, rank, world)
+        out = _train(cfg, out_dir, resume, progress and rank == 0, log if rank == 0 else (lambda m: None), until,
+                     device, rank, world)
+        if created:  # every process past its last collective and rank 0's last checkpoint before any tears down
+            # (a process that tore gloo down while its peer still wrote aborted at exit, once in ~10 CI runs)
+            torch.distributed.barrier()
+        return out
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
         if created:

@@ -26,12 +26,59 @@ class Sample:
     meta: dict = field(default_factory=dict)  # task, length, seed, supporting, supporting_spans, ...
 
 
+class SplicedTokens:
+    """The token ids of a BABILong sample, read a slice at a time: haystack text (a `HaystackCut`) with each fact
+    inserted at its haystack offset, then the question. It holds the haystack and the facts, not the sample, so a
+    100M-token sample costs no more memory than a 1k one; `np.asarray(t)` builds it whole (int64)."""
+
+    dtype = np.dtype(np.int64)
+
+    def __init__(self, cut, facts: list[np.ndarray], positions, question: np.ndarray):
+        """cut: a `HaystackCut`, or None for no haystack; positions: each fact's haystack offset, ascending."""
+        self.pieces: list[tuple[int, int, object]] = []  # (start in the sample, length, haystack offset or ids)
+        n_hay = cut.n_tokens if cut is not None else 0
+        dst = src = 0
+        for f, p in zip(facts, positions):
+            p = int(p)
+            self.pieces += [(dst, p - src, src), (dst + p - src, len(f), f)]
+            dst, src = dst + p - src + len(f), p
+        self.pieces += [(dst, n_hay - src, src), (dst + n_hay - src, len(question), question)]
+        self.cut, self.length = cut, dst + n_hay - src + len(question)
+        self.fact_spans = [(d, d + n) for d, n, x in self.pieces[1:-2:2]]
+        self.question_span = (self.length - len(question), self.length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.length,)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError(f"SplicedTokens takes a contiguous slice such as t[a:b], got {key!r}; np.asarray(t) builds it whole")
+        a, b, _ = key.indices(self.length)
+        out = np.empty(max(b - a, 0), dtype=np.int64)
+        for start, n, x in self.pieces:
+            lo, hi = max(a, start), min(b, start + n)
+            if lo >= hi:
+                continue
+            out[lo - a:hi - a] = x[lo - start:hi - start] if isinstance(x, np.ndarray) else self.cut.tokens(x + lo - start, x + hi - start)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
 def make_sample(question: Question, length: int, tokenizer: WordTokenizer, haystack: TokenizedHaystack | None,
-                rng: np.random.Generator, facts_before: int | None = None) -> Sample:
+                rng: np.random.Generator, facts_before: int | None = None, lazy: bool = False) -> Sample:
     """Insert the question's facts in order at random sentence boundaries of `length - (facts + question)`
     haystack tokens, then append the question. With haystack=None, the sample is facts + question.
     facts_before: every fact must end before this token index of the sample (e.g. length - segment_len puts
-    them all before the question's segment, so a recurrent model can only answer from its memory)."""
+    them all before the question's segment, so a recurrent model can only answer from its memory).
+    lazy: `tokens` is a `SplicedTokens` (sliced on demand, memory flat in length) instead of an array; the
+    same ids either way."""
     facts = [np.asarray(tokenizer.encode(f), dtype=np.int64) for f in question.facts]
     q = np.asarray(tokenizer.encode(question.question), dtype=np.int64)
     answer = tokenizer.token_id(question.answer)
@@ -39,48 +86,34 @@ def make_sample(question: Question, length: int, tokenizer: WordTokenizer, hayst
         raise ValueError(f"answer {question.answer!r} is not in the tokenizer's vocabulary; build it with the task's words (task_words(task))")
     needed = sum(len(f) for f in facts) + len(q)
     if haystack is None:
-        hay, positions = np.zeros(0, dtype=np.int64), np.zeros(len(facts), dtype=np.int64)
+        cut, positions = None, np.zeros(len(facts), dtype=np.int64)
     else:
         if length < needed:
             raise ValueError(f"length {length} is shorter than the facts and question of this sample ({needed} tokens); use a length >= {needed} (or fewer facts, e.g. generate_babi(..., max_facts=...))")
-        hay, bounds = haystack.take(rng, length - needed)
-        hay = hay.astype(np.int64)
-        if len(bounds) == 0:
-            bounds = np.zeros(1, dtype=np.int64)
+        cut = haystack.cut(rng, length - needed)
+        at_most = None
         if facts_before is not None:
-            last = facts_before - (needed - len(q))  # latest haystack offset at which the facts still fit
-            if last < 0:
+            at_most = facts_before - (needed - len(q))  # latest haystack offset at which the facts still fit
+            if at_most < 0:
                 raise ValueError(f"the facts of this sample ({needed - len(q)} tokens) cannot all end before token {facts_before}; use a longer length or a later facts_before")
-            bounds = bounds[bounds <= last] if (bounds <= last).any() else np.zeros(1, dtype=np.int64)
-        positions = np.sort(bounds[rng.integers(0, len(bounds), size=len(facts))])
-    total = len(hay) + needed
-    tokens = np.empty(total, dtype=np.int64)
-    spans: list[tuple[int, int]] = []
-    src = dst = 0
-    for f, p in zip(facts, positions):
-        p = int(p)
-        tokens[dst:dst + p - src] = hay[src:p]
-        dst += p - src
-        src = p
-        tokens[dst:dst + len(f)] = f
-        spans.append((dst, dst + len(f)))
-        dst += len(f)
-    tokens[dst:dst + len(hay) - src] = hay[src:]
-    dst += len(hay) - src
-    tokens[dst:] = q
+        k = cut.n_bounds(at_most)  # with none, every fact goes at offset 0
+        pick = rng.integers(0, max(k, 1), size=len(facts))
+        positions = np.sort(cut.bound(pick) if k else np.zeros(len(facts), dtype=np.int64))
+    tokens = SplicedTokens(cut, facts, positions, q)
+    total = len(tokens)
     sup = tuple(question.supporting)
     return Sample(
-        tokens=tokens,
+        tokens=tokens if lazy else np.asarray(tokens),
         answer=answer,
         answer_text=question.answer,
         answer_pos=total - 1,
-        fact_spans=spans,
-        question_span=(dst, total),
+        fact_spans=tokens.fact_spans,
+        question_span=tokens.question_span,
         meta={
             "task": question.task,
             "length": total,
             "supporting": sup,
-            "supporting_spans": [spans[i] for i in sup],
+            "supporting_spans": [tokens.fact_spans[i] for i in sup],
             "n_facts": len(facts),
             "question": question.question,
         },
@@ -98,10 +131,11 @@ class BabilongTask:
             raise ValueError(f"BabilongTask qa{task} got no questions; pass read_babi_dir(...) or generate_babi(...) output")
         self.task, self.questions, self.tokenizer, self.haystack = task, questions, tokenizer, haystack
 
-    def sample(self, length: int, seed: int, facts_before: int | None = None) -> Sample:
+    def sample(self, length: int, seed: int, facts_before: int | None = None, lazy: bool = False) -> Sample:
+        """lazy: tokens as a `SplicedTokens` read a slice at a time (what streaming evaluation uses)."""
         qi = int(np.random.default_rng([seed, 0]).integers(len(self.questions)))
         rng = np.random.default_rng([seed, 1, length])
-        s = make_sample(self.questions[qi], length, self.tokenizer, self.haystack, rng, facts_before)
+        s = make_sample(self.questions[qi], length, self.tokenizer, self.haystack, rng, facts_before, lazy)
         s.meta.update(task=self.task, seed=seed, question_index=qi, requested_length=length)
         return s
 

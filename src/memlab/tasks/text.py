@@ -307,16 +307,43 @@ class TokenizedHaystack:
 
         Returns (tokens [n_tokens] int32, boundaries [K] int64): the offsets in the returned array where
         a sentence starts (0 included when n_tokens > 0), ascending."""
+        cut = self.cut(rng, n_tokens)
+        return cut.tokens(0, n_tokens), cut.bound(np.arange(cut.n_bounds(), dtype=np.int64))
+
+    def cut(self, rng: np.random.Generator, n_tokens: int) -> "HaystackCut":
+        """What `take` returns, without building it: n_tokens of haystack from a random sentence start (the same
+        draw as `take`), read a slice at a time. Its memory is the haystack's, at any n_tokens."""
         if n_tokens < 0:
             raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
-        n = len(self.tokens)
-        first = int(self.starts[rng.integers(len(self.starts))])
-        if n_tokens == 0:
-            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
-        rolled = np.concatenate([self.tokens[first:], self.tokens[:first]]) if first else self.tokens
-        out = np.resize(rolled, n_tokens)  # repeats cyclically
-        rel = np.sort((self.starts - first) % n)  # sentence starts within one cycle, 0 first
-        cycles = -(-n_tokens // n)
-        bounds = (np.arange(cycles, dtype=np.int64)[:, None] * n + rel[None, :]).ravel()
-        bounds = bounds[bounds < n_tokens]
-        return out, bounds
+        return HaystackCut(self, int(self.starts[rng.integers(len(self.starts))]), n_tokens)
+
+
+class HaystackCut:
+    """n_tokens of a tokenized haystack read cyclically from offset `first` (a sentence start): `tokens(a, b)` is
+    the slice [a, b) of that text, and its sentence starts (offsets relative to the cut, ascending) are a virtual
+    array of `n_bounds()` entries read with `bound(i)`."""
+
+    def __init__(self, haystack: TokenizedHaystack, first: int, n_tokens: int):
+        self.haystack, self.first, self.n_tokens = haystack, first, n_tokens
+        self.cycle = len(haystack.tokens)
+        self.rel = np.sort((haystack.starts - first) % self.cycle)  # sentence starts within one cycle, 0 first
+
+    def tokens(self, a: int, b: int) -> np.ndarray:
+        """Token ids [a, b) of the cut (int32)."""
+        if not 0 <= a <= b <= self.n_tokens:
+            raise ValueError(f"slice [{a}, {b}) is outside the cut of {self.n_tokens} tokens")
+        return np.take(self.haystack.tokens, np.arange(self.first + a, self.first + b, dtype=np.int64), mode="wrap")
+
+    def n_bounds(self, at_most: int | None = None) -> int:
+        """How many sentence starts lie in the cut (and, given at_most, at offsets <= at_most)."""
+        if self.n_tokens == 0:
+            return 0
+        last = self.n_tokens - 1 if at_most is None else min(at_most, self.n_tokens - 1)
+        if last < 0:
+            return 0
+        return int((last // self.cycle) * len(self.rel) + np.searchsorted(self.rel, last % self.cycle, side="right"))
+
+    def bound(self, i) -> np.ndarray:
+        """The offsets of sentence starts number i (an int array, each in [0, n_bounds()))."""
+        i = np.asarray(i, dtype=np.int64)
+        return (i // len(self.rel)) * self.cycle + self.rel[i % len(self.rel)]
