@@ -308,7 +308,7 @@ class TokenizedHaystack:
         Returns (tokens [n_tokens] int32, boundaries [K] int64): the offsets in the returned array where
         a sentence starts (0 included when n_tokens > 0), ascending."""
         cut = self.cut(rng, n_tokens)
-        return cut.tokens(0, n_tokens), cut.bound(np.arange(cut.n_bounds(), dtype=np.int64))
+        return cut.tokens(0, n_tokens).copy(), cut.bound(np.arange(cut.n_bounds(), dtype=np.int64))
 
     def cut(self, rng: np.random.Generator, n_tokens: int) -> "HaystackCut":
         """What `take` returns, without building it: n_tokens of haystack from a random sentence start (the same
@@ -329,10 +329,13 @@ class HaystackCut:
         self.rel = np.sort((haystack.starts - first) % self.cycle)  # sentence starts within one cycle, 0 first
 
     def tokens(self, a: int, b: int) -> np.ndarray:
-        """Token ids [a, b) of the cut (int32)."""
+        """Token ids [a, b) of the cut (int32; a view of the haystack where they do not wrap around)."""
         if not 0 <= a <= b <= self.n_tokens:
             raise ValueError(f"slice [{a}, {b}) is outside the cut of {self.n_tokens} tokens")
-        return np.take(self.haystack.tokens, np.arange(self.first + a, self.first + b, dtype=np.int64), mode="wrap")
+        i = (self.first + a) % self.cycle
+        if i + b - a <= self.cycle:  # no wrap (nearly every segment): a view
+            return self.haystack.tokens[i:i + b - a]
+        return np.take(self.haystack.tokens, np.arange(i, i + b - a, dtype=np.int64), mode="wrap")
 
     def n_bounds(self, at_most: int | None = None) -> int:
         """How many sentence starts lie in the cut (and, given at_most, at offsets <= at_most)."""
