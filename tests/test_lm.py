@@ -89,6 +89,8 @@ def test_memlab_eval_reads_text_tasks_with_a_local_hf_model(tmp_path, capsys):
     assert {(c["task"], c["length"]) for c in cells} == {(f"flenqa:{t}-similar", n) for t in ("pir", "monorel") for n in (150, 200)}
     assert all(c["samples"] == 4 and 0 <= c["accuracy"] <= 1 for c in cells)
     assert main(args) == 0 and capsys.readouterr().out == ""  # done cells are skipped
+    assert main([*args, "--seed", "1"]) == 2  # ... but not passed off as another seed's samples
+    assert "measured with --seed 0, and this run asks --seed 1" in capsys.readouterr().err
     assert main(["eval", f"hf:{d}", "--task", "ruler:niah_single_1", "--lengths", "120", "--samples", "2", "--store", str(store)]) == 0
     with ResultStore(store) as st:
         assert st.get("hf-tiny", "ruler:niah_single_1", 120).samples == 2
@@ -99,6 +101,10 @@ def test_memlab_eval_reads_text_tasks_with_a_local_hf_model(tmp_path, capsys):
                  "--store", str(store)]) == 0
     with ResultStore(store) as st:
         assert st.get("rmt-qa1", "flenqa:pir-similar", 200).samples == 2
+        assert st.get("rmt-qa1", "flenqa:pir-similar", 200).extra["seed"] == st.get("hf-tiny", "ruler:niah_single_1", 120).extra["seed"] == 0
+    assert main(["eval", "checkpoints/rmt-qa1", "--task", "flenqa:pir-similar", "--lengths", "200", "--samples", "2",
+                 "--store", str(store), "--seed", "3"]) == 2
+    assert "measured with --seed 0, and this run asks --seed 3" in capsys.readouterr().err
     # ... and one whose vocabulary lacks the task's answers is told so (RULER's values are not qa1 words)
     assert main(["eval", "checkpoints/rmt-qa1", "--task", "ruler:niah_single_1", "--lengths", "200", "--samples", "2",
                  "--store", str(store)]) == 2

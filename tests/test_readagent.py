@@ -222,6 +222,10 @@ def test_readers_in_the_eval_grid_keep_every_sample_and_resume(tmp_path):
             evaluate_readers("oracle", agent, tasks, [800], 4, 0, store, log=lambda m: None)
         kept = store.get_samples("readagent-oracle", "babilong:qa1", 800)
         assert 1 <= len(kept) < 4 and not store.cells()  # the finished samples are kept; no cell written yet
+        n = calls["n"]
+        with pytest.raises(ValueError, match="measured with --seed 0, and this run asks --seed 1"):
+            evaluate_readers("oracle", agent, tasks, [800], 4, 1, store, log=lambda m: None)  # not on seed 0's samples
+        assert calls["n"] == n and store.get_samples("readagent-oracle", "babilong:qa1", 800) == kept
         done_before, calls["fail_at"] = calls["n"], -1
         cells = []
         evaluate_readers("oracle", agent, tasks, [800], 4, 0, store, log=lambda m: None, on_cell=cells.append)
@@ -235,6 +239,9 @@ def test_readers_in_the_eval_grid_keep_every_sample_and_resume(tmp_path):
         n = calls["n"]
         evaluate_readers("oracle", agent, tasks, [800], 4, 0, store, log=lambda m: None)
         assert calls["n"] == n  # everything stored: nothing asked again
+        assert got["readagent-oracle"].extra["seed"] == 0
+        with pytest.raises(ValueError, match="measured with --seed 0, and this run asks --seed 2"):
+            evaluate_readers("oracle", agent, tasks, [800], 4, 2, store, log=lambda m: None)
 
 
 def test_eval_cli_runs_readers_against_an_endpoint(tmp_path, capsys):

@@ -217,19 +217,23 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
             on_cell and on_cell(cell)
 
 
-def _check_seed(store: ResultStore, cell, seed: int) -> None:
+def _check_seed(store: ResultStore, cell, seed: int, stored=None) -> None:
     """A stored cell is keyed by model, task and length; one measured on other samples (another --seed) must not pass
-    for this run's. Cells stored before the seed was recorded are taken as they are."""
-    stored = (cell.extra or {}).get("seed") if cell is not None else None
+    for this run's. Cells stored before the seed was recorded are taken as they are. stored: the seed recorded
+    elsewhere (a kept sample of an unfinished cell) where there is no cell yet."""
+    if stored is None:
+        stored = (cell.extra or {}).get("seed") if cell is not None else None
     if stored is not None and stored != seed:
-        raise ValueError(f"{cell.model} {cell.task} {cell.length}: the store {store.path} holds this cell measured with "
-                         f"--seed {stored}, and this run asks --seed {seed}; cells are keyed by model, task and length, so "
-                         f"use another --store for other samples (or the same --seed to resume)")
+        where = f"{cell.model} {cell.task} {cell.length}" if cell is not None else "a cell"
+        raise ValueError(f"{where}: the store {store.path} holds this cell (or samples of it) measured with --seed "
+                         f"{stored}, and this run asks --seed {seed}; cells are keyed by model, task and length, so use "
+                         f"another --store for other samples (or the same --seed to resume)")
 
 
-def _done(store: ResultStore, name: str, task: str, length: int, samples: int, log) -> bool:
-    """True (and said) when the store already holds this cell with at least `samples` samples."""
+def _done(store: ResultStore, name: str, task: str, length: int, samples: int, seed: int, log) -> bool:
+    """True (and said) when the store already holds this cell with at least `samples` samples (of this seed)."""
     cell = store.get(name, task, length)
+    _check_seed(store, cell, seed)
     if cell is not None and cell.status == "ok" and cell.samples >= samples:
         log(f"{name} {task} {length}: done already, skipped")
         return True
@@ -287,7 +291,7 @@ def evaluate_text(name: str, lm, tasks, lengths, samples: int, seed: int, store:
         for length in lengths:
             if not next(mine):
                 continue
-            if _done(store, name, spec_name, length, samples, log):
+            if _done(store, name, spec_name, length, samples, seed, log):
                 continue
             t0, total, toks = time.perf_counter(), 0.0, 0
             for i in range(samples):
@@ -304,7 +308,7 @@ def evaluate_text(name: str, lm, tasks, lengths, samples: int, seed: int, store:
             correct = round(total)  # for the interval (RULER's partial scores are rounded to whole samples)
             lo, hi = wilson_interval(correct, samples)
             cell = store.put(Cell(name, spec_name, length, samples, total / samples, lo, hi, secs, secs / samples,
-                                  toks / secs, None, None, "ok", None, {"model_tokens_mean": toks / samples}))
+                                  toks / secs, None, None, "ok", None, {"seed": seed, "model_tokens_mean": toks / samples}))
             log(f"{name} {spec_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples}")
             on_cell and on_cell(cell)
 
@@ -325,7 +329,7 @@ def evaluate_token_text(name: str, model, tokenizer, variants: list[str], length
         for length in lengths:
             if not next(mine):
                 continue
-            if _done(store, name, task_name, length, samples, log):
+            if _done(store, name, task_name, length, samples, seed, log):
                 continue
             try:
                 est = preflight(model, length, 1, time_budget, samples) if not force else {}
@@ -346,7 +350,7 @@ def evaluate_token_text(name: str, model, tokenizer, variants: list[str], length
             secs = time.perf_counter() - t0
             lo, hi = wilson_interval(correct, samples)
             cell = store.put(Cell(name, task_name, length, samples, correct / samples, lo, hi, secs, secs / samples,
-                                  toks / secs, state_bytes, _peak_rss(), "ok", None, {"estimate": est} if est else None))
+                                  toks / secs, state_bytes, _peak_rss(), "ok", None, {"seed": seed, **({"estimate": est} if est else {})}))
             log(f"{name} {task_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples} "
                 f"{cell.tokens_per_s:.0f} tok/s state {state_bytes} B")
             on_cell and on_cell(cell)

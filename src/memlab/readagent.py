@@ -392,7 +392,7 @@ def evaluate_readers(name: str, agent: ReadAgent, tasks, lengths, samples: int, 
     """ReadAgent and its baselines (`methods`) on every (task, length) cell: one cell per method, named
     '<method>-<name>'. Every sample's results are kept in the store as soon as it is read, so an interrupted
     cell resumes at its next sample; the cells are written once all their samples are in."""
-    from .evaluate import _my_cells, sample_seed
+    from .evaluate import _check_seed, _my_cells, sample_seed
     from .metrics import wilson_interval
     from .store import Cell
 
@@ -403,17 +403,22 @@ def evaluate_readers(name: str, agent: ReadAgent, tasks, lengths, samples: int, 
                 continue
             names = {m: f"{m}-{name}" for m in methods}
             cells = {m: store.get(names[m], task_name, length) for m in methods}
+            for c in cells.values():
+                _check_seed(store, c, seed)
             if all(c is not None and c.status == "ok" and c.samples >= samples for c in cells.values()):
                 log(f"{name} {task_name} {length}: done already, skipped")
                 continue
             kept = {m: store.get_samples(names[m], task_name, length) for m in methods}
+            for rows in kept.values():  # an interrupted cell resumes only on the samples it began with
+                for row in rows.values():
+                    _check_seed(store, None, seed, row.get("seed"))
             for i in range(samples):
                 if all(i in kept[m] for m in methods):
                     continue
                 document, question, check = sampler(length, sample_seed(seed, i))
                 results = agent.read_all(document, question, methods)
                 for m, r in results.items():
-                    row = {"correct": bool(check(r.answer)), "answer": r.answer[:300], "calls": r.calls,
+                    row = {"seed": seed, "correct": bool(check(r.answer)), "answer": r.answer[:300], "calls": r.calls,
                            "compression_rate": r.compression_rate, "fallbacks": dict(r.fallbacks), "seconds": r.seconds,
                            "pages": len(r.pages), "expanded": r.expanded}
                     store.put_sample(names[m], task_name, length, i, row)
@@ -431,7 +436,7 @@ def evaluate_readers(name: str, agent: ReadAgent, tasks, lengths, samples: int, 
                 extra = {"calls_per_question": sum(r["calls"] for r in rows) / samples,
                          "compression_rate": sum(r["compression_rate"] for r in rows) / samples,
                          "pages_per_document": sum(r["pages"] for r in rows) / samples, "fallbacks": dict(fb),
-                         "reader": m, "context_words": agent.context_words}
+                         "reader": m, "context_words": agent.context_words, "seed": seed}
                 cell = store.put(Cell(names[m], task_name, length, samples, correct / samples, lo, hi, secs, secs / samples,
                                       samples * length / max(secs, 1e-9), None, None, "ok", None, extra))
                 log(f"{names[m]} {task_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples}, "
