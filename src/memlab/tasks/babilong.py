@@ -17,7 +17,7 @@ from memlab.tasks.text import TokenizedHaystack, WordTokenizer, UNK_ID
 
 @dataclass
 class Sample:
-    tokens: np.ndarray  # [L] int64 token ids: haystack with the facts inside, then the question
+    tokens: np.ndarray  # [L] int64 token ids: haystack with the facts inside, then the question (lazy: SplicedTokens)
     answer: int  # answer token id (predicted from the logits at answer_pos)
     answer_text: str
     answer_pos: int  # L - 1: the last token, whose next-token logits predict the answer
