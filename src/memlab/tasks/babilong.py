@@ -6,6 +6,8 @@ the model must predict the answer word from the logits at the last position.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -46,6 +48,7 @@ class SplicedTokens:
         self.cut, self.length = cut, dst + n_hay - src + len(question)
         self.fact_spans = [(d, d + n) for d, n, x in self.pieces[1:-2:2]]
         self.question_span = (self.length - len(question), self.length)
+        self.starts = [start for start, _, _ in self.pieces]
 
     def __len__(self) -> int:
         return self.length
@@ -59,7 +62,10 @@ class SplicedTokens:
             raise TypeError(f"SplicedTokens takes a contiguous slice such as t[a:b], got {key!r}; np.asarray(t) builds it whole")
         a, b, _ = key.indices(self.length)
         out = np.empty(max(b - a, 0), dtype=np.int64)
-        for start, n, x in self.pieces:
+        first = max(bisect.bisect_right(self.starts, a) - 1, 0)  # the piece holding a (a sample has ~2 per fact)
+        for start, n, x in itertools.islice(self.pieces, first, None):
+            if start >= b:
+                break
             lo, hi = max(a, start), min(b, start + n)
             if lo >= hi:
                 continue
