@@ -1,7 +1,9 @@
 """Every model on another device (a CUDA GPU): one training step, and a streamed sample whose logits match the
 CPU's. Exits non-zero on the first model that fails, so a GPU session can stop before spending its time.
+With --compile, the fixed-state models also stream through torch.compile on the device (inductor's kernels for
+that device, compiled on first use), checked against the CPU's eager logits the same way.
 
-    python benchmarks/device_check.py --device cuda
+    python benchmarks/device_check.py --device cuda [--compile]
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 import torch
 
 from memlab.models.registry import build_model, make_config
-from memlab.stream import stream, unroll
+from memlab.stream import _COMPILED, stream, unroll
 
 MODELS = {  # small configurations of every kind trained on the device
     "rmt": {"num_mem": 4, "segment_len": 32, "conv": 4, "recency": True, "mem_gate": True},
@@ -29,6 +31,7 @@ MODELS = {  # small configurations of every kind trained on the device
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--compile", action="store_true", help="also stream the fixed-state models compiled on the device")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
     g = torch.Generator().manual_seed(0)
@@ -48,9 +51,15 @@ def main(argv=None) -> int:
         want = stream(cpu, x, [100, 149]).logits
         got = stream(model, x, [100, 149]).logits.cpu()
         err = (want - got).abs().max().item()
+        how = ""
+        if a.compile and getattr(model, "fixed_state", False):
+            got_c = stream(model, x, [100, 149], compile=True).logits.cpu()
+            err = max(err, (want - got_c).abs().max().item())
+            # stream() falls back to eager (with a warning) where inductor fails: say so, it is not a compiled result
+            how = " (eager, compiled)" if _COMPILED.get(model) is not model else " (eager; compile FAILED, ran eager)"
         grads = [q.grad for q in model.parameters() if q.grad is not None]
         ok = err < 1e-3 and torch.isfinite(loss) and grads and all(gr.device.type == dev.type for gr in grads)
-        print(f"{name:12s} stream max |cpu - {dev}| = {err:.2e}  loss {loss.item():.3f}  {len(grads)} grads  "
+        print(f"{name:12s} stream max |cpu - {dev}{how}| = {err:.2e}  loss {loss.item():.3f}  {len(grads)} grads  "
               f"{time.time() - t0:.1f}s  {'ok' if ok else 'FAILED'}", flush=True)
         if not ok:
             return 1
