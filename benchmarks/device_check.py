@@ -32,13 +32,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cuda")
     p.add_argument("--compile", action="store_true", help="also stream the fixed-state models compiled on the device")
+    p.add_argument("--models", default="", help="comma-separated names of MODELS to check (default: all)")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(1, 200, (4, 150), generator=g)
     y = torch.full_like(x, -100)
     y[:, -1] = x[:, 0]
+    wanted = [m for m in a.models.split(",") if m]
+    unknown = sorted(set(wanted) - set(MODELS))
+    if unknown:
+        p.error(f"unknown --models {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     for name, args in MODELS.items():
+        if wanted and name not in wanted:
+            continue
         t0 = time.time()
         kind = name.split("-")[0]
         torch.manual_seed(0)

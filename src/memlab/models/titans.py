@@ -274,12 +274,11 @@ def persistent_attention(attn: Attention, h, P, rope, cache=None, mask=None, dis
     T, S = q.shape[2], k.shape[2]
     if mask is None:
         mask = torch.ones(T, S, dtype=torch.bool, device=h.device).tril(S - T)
-    scores = torch.cat((q @ pk.transpose(-1, -2), (qr @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))), -1)
-    scores = scores * attn.head_dim**-0.5
-    if attn.recency is not None:
-        bias = -attn.recency.exp()[:, None, None] * dist.clamp(min=0)  # [H, T, S]; negative = masked anyway
-        scores = torch.cat((scores[..., : pk.shape[1]], scores[..., pk.shape[1]:] + bias), -1)
-    w = scores.softmax(-1)
+    scale = attn.head_dim**-0.5
+    seen = (qr @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf")) * scale
+    if attn.recency is not None:  # the bias is added before the persistent scores are joined (no slice of the join)
+        seen = seen + -attn.recency.exp()[:, None, None] * dist.clamp(min=0)  # [H, T, S]; negative = masked anyway
+    w = torch.cat(((q @ pk.transpose(-1, -2)) * scale, seen), -1).softmax(-1)
     y = w[..., : pk.shape[1]] @ pv + w[..., pk.shape[1]:] @ v
     return attn.proj(rearrange(y, "b h t d -> b t (h d)")), (k, v)
 
@@ -340,7 +339,10 @@ class TitansBlock(nn.Module):
                             h=self.attn.n_heads)
         cached = (apply_rotary(k[:, :, :T], *rope), v[:, :, :T])  # the retrieved memory as if it were cached
         i, j = torch.arange(T, device=h.device)[:, None], torch.arange(T, device=h.device)[None, :]
-        dist = (i - j).float().repeat(1, 2) if self.attn.recency is not None else None
+        d = (i - j).float()
+        # (cat, not repeat: a repeat's modular index fused with the persistent tokens' offset broke inductor's
+        # CUDA code generation, "ModularIndexing((-4), 1, T) is not comparable", with torch 2.11)
+        dist = torch.cat((d, d), 1) if self.attn.recency is not None else None
         y, _ = persistent_attention(self.attn, h, self.persistent, rope, cached, torch.cat((j <= i, j <= i), 1), dist)
         return y
 
