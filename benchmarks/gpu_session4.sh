@@ -10,6 +10,7 @@
 #   5. nonfinite_hunt.py on checkpoints/titans-qa1 at 256 and 1,024 tokens (Titans gave NaN on CUDA before).
 # A compiled job that fails at once (not by its time limit) is re-run eagerly. Every finished cell is in a store;
 # an unfinished cell is lost (cells are stored whole). Results: $OUT/results.tar.
+# (At its run Titans' compile failed on CUDA and it ran eagerly; fixed since: results/gpu_session4/README.md.)
 [ -d ../shared/data ] || { mkdir -p ../shared && ln -sfn "$PWD/.gpu/data" ../shared/data; }
 CHECK_TIMEOUT=60 . benchmarks/gpu_env.sh  # OUT, M, DEV, BOOKS, left(); machine.txt; the eager device check
 
