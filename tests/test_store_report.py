@@ -267,8 +267,8 @@ def test_report_analyses_page_from_benchmark_results(tmp_path):
 
 
 def test_analyses_scale_section_lists_the_gpu_sessions_long_cells(tmp_path):
-    """Cells of a million tokens or more from gpu_session*/results.json enter the scale section, each row naming
-    its session; shorter cells and refused ones do not."""
+    """Cells of a million tokens or more from gpu_session*/results.json and streaming_100m/*.jsonl (the CPU's long
+    runs) enter the scale section, each row naming its source; shorter cells and refused ones do not."""
     import json
 
     from memlab.analysis.pages import sections
@@ -279,9 +279,16 @@ def test_analyses_scale_section_lists_the_gpu_sessions_long_cells(tmp_path):
     g.mkdir()
     (g / "results.json").write_text(json.dumps({"date": "2026-11-26T11:00:00", "machine": {"gpu": "H100"}, "cells": [
         {**cell, "length": 11_000_000}, {**cell, "length": 4000}, {**cell, "length": 2_000_000, "status": "refused"}]}))
+    c = tmp_path / "streaming_100m"  # the CPU's long runs: JSON lines of cells
+    c.mkdir()
+    (c / "rmt_11m.jsonl").write_text("\n".join(json.dumps(x) for x in (
+        {**cell, "length": 11_000_000, "samples": 8, "accuracy": 1.0, "ci_low": 0.68, "ci_high": 1.0, "tokens_per_s": 66871,
+         "created": "2026-11-27T13:28:00+00:00"}, {**cell, "length": 64_000})) + "\n")
     (s,) = sections(tmp_path)
     assert s.table[1:] == [["rmt-qa1", "11,000,000", "20", "0.50 [0.30, 0.70]", "1,180,000", "8,192 B",
-                            "gpu_session9 (H100, 2026-11-26)"]]
+                            "gpu_session9 (H100, 2026-11-26)"],
+                           ["rmt-qa1", "11,000,000", "8", "1.00 [0.68, 1.00]", "66,871", "8,192 B",
+                            "streaming_100m/rmt_11m.jsonl (CPU, 2026-11-27)"]]
 
 
 def test_analyses_side_by_side_section_puts_every_shipped_model_on_one_table(tmp_path):

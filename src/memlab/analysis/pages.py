@@ -149,16 +149,24 @@ def _scale(d: Path) -> list[Section]:
                                 f"{row['state_bytes_per_sample']:,} B", f"{row['peak_rss_bytes'] / 2**20:.0f} MiB"])
         out.append(s)
     rows = []
-    for f in sorted(d.glob("gpu_session*/results.json")):
-        g = json.loads(f.read_text())
-        for c in g["cells"]:
+
+    def long_rows(cells, where):
+        for c in cells:
             if c["length"] >= 1_000_000 and c.get("status", "ok") == "ok":
                 rows.append([c["model"], f"{c['length']:,}", str(c["samples"]),
                              f"{c['accuracy']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]", f"{c['tokens_per_s']:,.0f}",
-                             f"{c['state_bytes']:,} B", f"{f.parent.name} ({g['machine'].get('gpu', '?')}, {g['date'][:10]})"])
+                             f"{c['state_bytes']:,} B", where(c)])
+
+    for f in sorted(d.glob("gpu_session*/results.json")):
+        g = json.loads(f.read_text())
+        long_rows(g["cells"], lambda c: f"{f.parent.name} ({g['machine'].get('gpu', '?')}, {g['date'][:10]})")
+    for f in sorted(d.glob("streaming_100m/*.jsonl")):  # the long runs on this project's CPU, one cell a line
+        long_rows([json.loads(x) for x in f.read_text().splitlines() if x.strip()],
+                  lambda c: f"streaming_100m/{f.name} (CPU, {c.get('created', '?')[:10]})")
     if rows:
         out.append(Section("Recurrent models at a million tokens and beyond (qa1, book haystack)",
-                           "gpu_session*/results.json (each row names its session)",
+                           "gpu_session*/results.json and streaming_100m/*.jsonl (each row names its source; a "
+                           "checkpoint name is the one shipped at that date: gpu_session's rmt-qa1 is RMT stage 3)",
                            notes=["The state is the same size at every length; attention's cost at these lengths is "
                                   "projected in the section on its cost curve."],
                            table=[["model", "length", "samples", "accuracy [95% CI]", "tokens/s", "state", "session"], *rows]))
