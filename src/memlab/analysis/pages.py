@@ -169,7 +169,7 @@ def _scale(d: Path) -> list[Section]:
                            "checkpoint name is the one shipped at that date: gpu_session's rmt-qa1 is RMT stage 3)",
                            notes=["The state is the same size at every length; attention's cost at these lengths is "
                                   "projected in the section on its cost curve."],
-                           table=[["model", "length", "samples", "accuracy [95% CI]", "tokens/s", "state", "session"], *rows]))
+                           table=[["model", "length", "samples", "accuracy [95% CI]", "tokens/s", "state", "source"], *rows]))
     return out
 
 
