@@ -11,6 +11,17 @@ from pathlib import Path
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
+
+
+def qa1_task(tokenizer):
+    """BABILong qa1 with the real bAbI file and the four books of ../shared/data as haystack."""
+    from memlab.tasks.babi import read_babi_dir
+    from memlab.tasks.babilong import BabilongTask
+    from memlab.tasks.text import TokenizedHaystack, load_haystack
+
+    books = sorted(str(f) for f in (DATA / "books").glob("*.txt"))
+    return BabilongTask(1, read_babi_dir(DATA / "babi", 1), tokenizer, TokenizedHaystack(tokenizer, load_haystack(books)))
 
 
 def machine() -> dict:

@@ -17,16 +17,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import qa1_task, write_result  # noqa: E402
 
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.stream import stream  # noqa: E402
-from memlab.tasks.babi import read_babi_dir  # noqa: E402
-from memlab.tasks.babilong import BabilongTask  # noqa: E402
-from memlab.tasks.text import TokenizedHaystack, load_haystack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def gate_stats(model, task, length: int, n: int) -> dict:
@@ -72,12 +68,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    books = sorted(str(f) for f in (DATA / "books").glob("*.txt"))
     rows = []
     for ck in a.checkpoints:
         model, tok, _ = load_checkpoint(ck)
         model.eval()
-        task = BabilongTask(1, read_babi_dir(DATA / "babi", 1), tok, TokenizedHaystack(tok, load_haystack(books)))
+        task = qa1_task(tok)
         for L in [int(v) for v in a.lengths.split(",")]:
             row = {"checkpoint": Path(ck).name, **gate_stats(model, task, L, a.samples)}
             rows.append(row)

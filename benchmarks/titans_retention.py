@@ -20,16 +20,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import qa1_task, write_result  # noqa: E402
 
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.stream import stream  # noqa: E402
-from memlab.tasks.babi import read_babi_dir  # noqa: E402
-from memlab.tasks.babilong import BabilongTask  # noqa: E402
-from memlab.tasks.text import TokenizedHaystack, load_haystack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def _quantiles(x) -> dict:
@@ -111,14 +107,13 @@ def main(argv=None):
     p.add_argument("--out", default="titans_retention", help="results name: benchmarks/results/OUT.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    books = sorted(str(f) for f in (DATA / "books").glob("*.txt"))
     rows = []
     for ck in a.checkpoints:
         model, tok, _ = load_checkpoint(ck)
         if type(model).__name__ != "Titans":
             raise SystemExit(f"titans_retention: {ck} holds a {type(model).__name__}, not a Titans model")
         model.eval()
-        task = BabilongTask(1, read_babi_dir(DATA / "babi", 1), tok, TokenizedHaystack(tok, load_haystack(books)))
+        task = qa1_task(tok)
         for L in [int(v) for v in a.lengths.split(",")]:
             row = {"checkpoint": Path(ck).name, **retention(model, task, L, a.samples, a.seed, a.ablate_forgetting)}
             rows.append(row)
