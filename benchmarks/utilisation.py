@@ -98,8 +98,8 @@ def main(argv=None):
                        "gflops_per_s": round(g, 1), "utilisation": round(g / peak["peak"], 3)}
                 rows.append(row)
                 print(row, flush=True)
-    # the peak again after the models: this VM's speed drifts (82 against 170 GFLOP/s on two days), and a ratio is
-    # only fair against the better of the two readings around it
+    # the peak again after the models: this VM's speed drifts (one reading of 82 GFLOP/s, with 136-154 around it
+    # the same day), and a ratio is only fair against the better of the two readings around it
     after = peak_gflops(a.threads)
     print("peak after", after, flush=True)
     best = max(peak["peak"], after["peak"])

@@ -44,9 +44,10 @@ _WARM: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> seg
 def _prepare_compiled(model, segment, state, **kwargs) -> None:
     """Before compiled calls on segments shaped like `segment` (a full segment; None where there is none): checks
     that the model's state has a fixed shape, then runs one throwaway eager forward per model, segment shape and
-    keyword arguments (those of the compiled calls to come). A model's per-length caches (rotary tables, distances) are so always computed eagerly: filled inside a
-    compiled graph they can differ in the last bit (a resumed run would no longer equal an uninterrupted one), and
-    the graph's guards would see them change (one needless recompile)."""
+    keyword arguments (those of the compiled calls to come). A model's per-length caches (rotary tables,
+    distances) are so always computed eagerly: filled inside a compiled graph they can differ in the last bit (a
+    resumed run would no longer equal an uninterrupted one), and the graph's guards would see them change (one
+    needless recompile)."""
     compiled_forward(model)
     if segment is None:
         return
