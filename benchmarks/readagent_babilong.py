@@ -1,6 +1,9 @@
 """ReadAgent (arXiv:2402.09727) against its baselines on BABILong qa1 as text, at several lengths, with a real
 language model: gists + look-up (readagent), gists alone, BM25 page retrieval, and the full text cut to the model's
-context. Accuracy with 95% intervals, compression rate, model calls and seconds per question.
+context. Accuracy with 95% intervals, compression rate, model calls and seconds per question, and whether the
+facts the answer rests on reached the model: the share found word for word in the final context
+(`needed_in_context`), and the accuracy on the samples where all of them did (a wrong answer there is the model's
+reading, not the retrieval).
 
     python benchmarks/readagent_babilong.py                        # SmolLM2-135M-Instruct, local
     python benchmarks/readagent_babilong.py --backend http://localhost:11434/v1 --reader-model llama3.2
@@ -54,18 +57,20 @@ def main(argv=None):
         tasks = reader_tasks(a.task, BookHaystack(books).sentences(), str(DATA / "babi"))
         with ResultStore(a.store) as store:
             evaluate_readers(name, agent, tasks, lengths, a.samples, 0, store, methods, log=lambda m: print(m, flush=True))
-    rows = []
+    rows = []  # every cell of these readers in the store: each run adds its tasks and lengths to the same file
     with ResultStore(a.store) as store:
         for m in methods:
-            for c in store.cells(model=f"{m}-{name}"):
-                if c.length in lengths:
-                    rows.append({"method": m, "task": c.task, "length": c.length, "samples": c.samples,
-                                 "accuracy": c.accuracy, "ci": [round(c.ci_low, 3), round(c.ci_high, 3)],
-                                 "seconds_per_question": round(c.seconds_per_sample, 1),
-                                 "calls_per_question": round(c.extra["calls_per_question"], 2),
-                                 "compression_rate": round(c.extra["compression_rate"], 3),
-                                 "pages_per_document": round(c.extra["pages_per_document"], 2),
-                                 "fallbacks": c.extra["fallbacks"], "context_words": c.extra["context_words"]})
+            for c in sorted(store.cells(model=f"{m}-{name}"), key=lambda c: (c.task, c.length)):
+                rows.append({"method": m, "task": c.task, "length": c.length, "samples": c.samples,
+                             "accuracy": c.accuracy, "ci": [round(c.ci_low, 3), round(c.ci_high, 3)],
+                             "seconds_per_question": round(c.seconds_per_sample, 1),
+                             "calls_per_question": round(c.extra["calls_per_question"], 2),
+                             "compression_rate": round(c.extra["compression_rate"], 3),
+                             "pages_per_document": round(c.extra["pages_per_document"], 2),
+                             "needed_in_context": c.extra.get("needed_in_context"),
+                             "accuracy_when_all_needed_in_context": c.extra.get("accuracy_when_all_needed_in_context"),
+                             "samples_with_all_needed_in_context": c.extra.get("samples_with_all_needed_in_context"),
+                             "fallbacks": c.extra["fallbacks"], "context_words": c.extra["context_words"]})
     for r in rows:
         print(r)
     print(write_result("readagent_babilong", {"backend": a.backend, "model": name, "rows": rows}))

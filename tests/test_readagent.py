@@ -129,7 +129,7 @@ def test_readagent_with_smollm2_on_a_short_text():
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from memlab.readagent import METHODS, bm25_pages, babilong_correct, evaluate_readers, reader_tasks  # noqa: E402
+from memlab.readagent import METHODS, bm25_pages, babilong_correct, evaluate_readers, needed_in, reader_tasks  # noqa: E402
 from memlab.store import ResultStore  # noqa: E402
 from memlab.tasks.babi import generate_babi  # noqa: E402
 from memlab.tasks.babilong import text_sample  # noqa: E402
@@ -236,6 +236,10 @@ def test_readers_in_the_eval_grid_keep_every_sample_and_resume(tmp_path):
         assert got["full-oracle"].accuracy == 1.0 and got["gists-oracle"].accuracy == 1.0  # gists keep every fact here
         assert got["full-oracle"].extra["calls_per_question"] == 1 and got["full-oracle"].extra["compression_rate"] == 0
         assert 0 < got["gists-oracle"].extra["compression_rate"] < 1
+        for m in ("full", "gists"):  # the whole text, and gists that keep every fact verbatim: the facts reach it
+            e = got[f"{m}-oracle"].extra
+            assert e["needed_in_context"] == 1.0 and e["accuracy_when_all_needed_in_context"] == 1.0
+            assert e["samples_with_all_needed_in_context"] == 4
         n = calls["n"]
         evaluate_readers("oracle", agent, tasks, [800], 4, 0, store, log=lambda m: None)
         assert calls["n"] == n  # everything stored: nothing asked again
@@ -269,3 +273,17 @@ def test_eval_cli_runs_readers_against_an_endpoint(tmp_path, capsys):
     assert sorted(r["model"] for r in rows) == ["bm25-tiny", "full-tiny", "readagent-tiny"]
     assert all(r["task"] == "babilong:qa1" and r["length"] == 600 and r["samples"] == 2 for r in rows)
     assert main(["eval", "readagent:hf:smollm2", "checkpoints/rmt-qa1", "--task", "babilong:qa1"]) == 2
+
+
+def test_needed_facts_are_the_supporting_facts_and_key_paragraphs_and_are_found_verbatim():
+    sentences = BookHaystack(BOOKS[:1]).sentences()
+    (_, qa1), (_, pir) = reader_tasks("babilong:qa1", sentences)[0], reader_tasks("flenqa:pir-different", sentences)[0]
+    document, question, check, needed = qa1(900, 5)
+    assert len(needed) == 1 and needed[0] in document and question.startswith("Where is")
+    person = question.split()[2].rstrip("?")
+    assert needed[0].startswith(person) and check(needed[0].split()[-1].rstrip("."))  # the fact names the answer
+    document, question, check, needed = pir(600, 3)
+    assert len(needed) == 2 and all(n in document for n in needed)
+    assert needed_in("x\n\n" + needed[1].upper().replace(" ", "\n  ") + " y", needed) == 0.5  # case, white space aside
+    assert needed_in("Mary went to the garden.", ["Mary moved to the garden."]) == 0.0  # a rewritten fact does not count
+    assert needed_in("anything", []) == 1.0

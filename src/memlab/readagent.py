@@ -129,6 +129,7 @@ class ReadResult:
     compression_rate: float  # share of the text's words not in the final context
     fallbacks: Counter = field(default_factory=Counter)
     seconds: float = 0.0  # wall time of the calls this method needs (shared pagination and gisting included)
+    context: str = ""  # the text the answer was asked from (after the context cut)
 
 
 METHODS = ("readagent", "gists", "bm25", "full")  # the reader and its baselines on the same pages
@@ -320,7 +321,7 @@ class ReadAgent:
             kept = min(kept, _words(fitted))
             answer = self._answer(fitted, question)
             out[m] = ReadResult(answer, pages, gists, expanded, base + self.calls, 1 - kept / max(words, 1),
-                                fallbacks + self.fallbacks, secs + time.perf_counter() - t0)
+                                fallbacks + self.fallbacks, secs + time.perf_counter() - t0, fitted)
             total_calls, total_fallbacks = total_calls + self.calls, total_fallbacks + self.fallbacks
         self.calls, self.fallbacks = total_calls, total_fallbacks  # everything this read_all asked and fell back on
         return out
@@ -348,9 +349,22 @@ def babilong_correct(reply: str, answer: str, candidates: set) -> bool:
     return answer.lower() in words and not (words & (candidates - {answer.lower()}))
 
 
+def _flat(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def needed_in(context: str, needed: list[str]) -> float:
+    """The share of the `needed` passages (the facts an answer rests on) found word for word in `context`, case
+    and white space aside: 1.0 when the reader put all of them in front of the model, whatever it answered.
+    A gist that rewrites a fact does not count: this measures what was retrieved verbatim."""
+    flat = _flat(context)
+    return sum(_flat(n) in flat for n in needed) / len(needed) if needed else 1.0
+
+
 def reader_tasks(spec: str, sentences: list[str], babi_dir: str | None = None):
     """[(task name, sampler)] for a task spec read as text: babilong:qa1,qa2 or flenqa:VARIANT,...
-    sampler(length, seed) -> (document, question, check(reply) -> bool)."""
+    sampler(length, seed) -> (document, question, check(reply) -> bool, needed): `needed` the passages the
+    answer rests on (BABILong: the supporting facts; FLenQA: the two key paragraphs)."""
     import numpy as np
 
     family, _, rest = spec.partition(":")
@@ -367,7 +381,8 @@ def reader_tasks(spec: str, sentences: list[str], babi_dir: str | None = None):
             def sample(length, seed, questions=questions, answers=answers):
                 q = questions[int(np.random.default_rng([seed, 0]).integers(len(questions)))]
                 s = text_sample(q, length, sentences, seed)
-                return s.document, s.question, lambda reply: babilong_correct(reply, s.answer, answers)
+                needed = [q.facts[i] for i in q.supporting]
+                return s.document, s.question, lambda reply: babilong_correct(reply, s.answer, answers), needed
 
             out.append((f"babilong:qa{n}", sample))
     elif family == "flenqa":
@@ -379,7 +394,9 @@ def reader_tasks(spec: str, sentences: list[str], babi_dir: str | None = None):
 
             def sample(length, seed, task=task, kw=kw):
                 s = task.sample(length, seed, **kw)
-                return s.text[: len(s.text) - len(s.question)].rstrip(), s.question, lambda r: score_answer(r, s.answer)
+                needed = [s.text[a:b] for a, b in s.key_char_spans]
+                return (s.text[: len(s.text) - len(s.question)].rstrip(), s.question,
+                        lambda r: score_answer(r, s.answer), needed)
 
             out.append((f"flenqa:{v}", sample))
     else:
@@ -415,10 +432,11 @@ def evaluate_readers(name: str, agent: ReadAgent, tasks, lengths, samples: int, 
             for i in range(samples):
                 if all(i in kept[m] for m in methods):
                     continue
-                document, question, check = sampler(length, sample_seed(seed, i))
+                document, question, check, needed = sampler(length, sample_seed(seed, i))
                 results = agent.read_all(document, question, methods)
                 for m, r in results.items():
                     row = {"seed": seed, "correct": bool(check(r.answer)), "answer": r.answer[:300], "calls": r.calls,
+                           "needed_in_context": needed_in(r.context, needed),
                            "compression_rate": r.compression_rate, "fallbacks": dict(r.fallbacks), "seconds": r.seconds,
                            "pages": len(r.pages), "expanded": r.expanded}
                     store.put_sample(names[m], task_name, length, i, row)
@@ -433,7 +451,14 @@ def evaluate_readers(name: str, agent: ReadAgent, tasks, lengths, samples: int, 
                 fb = Counter()
                 for r in rows:
                     fb.update(r["fallbacks"])
+                # samples stored before this was measured have no needed_in_context: left out of these two
+                had = [r for r in rows if "needed_in_context" in r]
+                full = [r for r in had if r["needed_in_context"] == 1.0]
                 extra = {"calls_per_question": sum(r["calls"] for r in rows) / samples,
+                         "needed_in_context": sum(r["needed_in_context"] for r in had) / len(had) if had else None,
+                         "accuracy_when_all_needed_in_context": (sum(r["correct"] for r in full) / len(full)
+                                                                 if full else None),
+                         "samples_with_all_needed_in_context": len(full) if had else None,
                          "compression_rate": sum(r["compression_rate"] for r in rows) / samples,
                          "pages_per_document": sum(r["pages"] for r in rows) / samples, "fallbacks": dict(fb),
                          "reader": m, "context_words": agent.context_words, "seed": seed}

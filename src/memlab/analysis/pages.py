@@ -112,11 +112,16 @@ def _readagent(d: Path) -> list[Section]:
     if r is None:
         return []
     s = Section(f"ReadAgent against its baselines: {r['model']}", _source("readagent_babilong.json", r))
-    s.table.append(["method", "task", "length", "n", "accuracy [95% CI]", "compression", "calls", "s/question"])
+    s.table.append(["method", "task", "length", "n", "accuracy [95% CI]", "facts in context", "accuracy when all in",
+                    "compression", "calls", "s/question"])
     for row in r["rows"]:
+        got, when = row.get("needed_in_context"), row.get("accuracy_when_all_needed_in_context")
         s.table.append([row["method"], row["task"], f"{row['length']:,}", str(row["samples"]),
-                        f"{row['accuracy']:.2f} [{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]", f"{row['compression_rate']:.2f}",
-                        f"{row['calls_per_question']:.1f}", f"{row['seconds_per_question']:.0f}"])
+                        f"{row['accuracy']:.2f} [{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]",
+                        "-" if got is None else f"{got:.2f}",
+                        "-" if when is None else f"{when:.2f} (n={row['samples_with_all_needed_in_context']})",
+                        f"{row['compression_rate']:.2f}", f"{row['calls_per_question']:.1f}",
+                        f"{row['seconds_per_question']:.0f}"])
     return [s]
 
 
