@@ -465,5 +465,6 @@ def evaluate_readers(name: str, agent: ReadAgent, tasks, lengths, samples: int, 
                 cell = store.put(Cell(names[m], task_name, length, samples, correct / samples, lo, hi, secs, secs / samples,
                                       samples * length / max(secs, 1e-9), None, None, "ok", None, extra))
                 log(f"{names[m]} {task_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples}, "
-                    f"{extra['calls_per_question']:.1f} calls, compression {extra['compression_rate']:.2f}")
+                    f"{extra['calls_per_question']:.1f} calls, compression {extra['compression_rate']:.2f}"
+                    + ("" if extra["needed_in_context"] is None else f", facts in context {extra['needed_in_context']:.2f}"))
                 on_cell and on_cell(cell)
