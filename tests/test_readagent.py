@@ -284,6 +284,8 @@ def test_needed_facts_are_the_supporting_facts_and_key_paragraphs_and_are_found_
     assert needed[0].startswith(person) and check(needed[0].split()[-1].rstrip("."))  # the fact names the answer
     document, question, check, needed = pir(600, 3)
     assert len(needed) == 2 and all(n in document for n in needed)
+    assert question.endswith("Answer with True or False only.")  # scored by its last true/false, so it asks for one
+    assert check("So it is true.") != check("So it is false.")
     assert needed_in("x\n\n" + needed[1].upper().replace(" ", "\n  ") + " y", needed) == 0.5  # case, white space aside
     assert needed_in("Mary went to the garden.", ["Mary moved to the garden."]) == 0.0  # a rewritten fact does not count
     assert needed_in("anything", []) == 1.0

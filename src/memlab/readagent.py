@@ -349,6 +349,9 @@ def babilong_correct(reply: str, answer: str, candidates: set) -> bool:
     return answer.lower() in words and not (words & (candidates - {answer.lower()}))
 
 
+FLENQA_ASK = "Answer with True or False only."  # appended to FLenQA questions (a yes/no reply would score wrong)
+
+
 def _flat(text: str) -> str:
     return " ".join(text.split()).lower()
 
@@ -395,7 +398,8 @@ def reader_tasks(spec: str, sentences: list[str], babi_dir: str | None = None):
             def sample(length, seed, task=task, kw=kw):
                 s = task.sample(length, seed, **kw)
                 needed = [s.text[a:b] for a, b in s.key_char_spans]
-                return (s.text[: len(s.text) - len(s.question)].rstrip(), s.question,
+                # scored as the paper scores (the last true/false of the reply): the question asks for one
+                return (s.text[: len(s.text) - len(s.question)].rstrip(), f"{s.question} {FLENQA_ASK}",
                         lambda r: score_answer(r, s.answer), needed)
 
             out.append((f"flenqa:{v}", sample))
