@@ -10,7 +10,8 @@ reading, not the retrieval).
         # -> benchmarks/results/readagent_babilong.json; samples and cells in benchmarks/results/readagent/results.sqlite
 
 It runs `memlab eval readagent:BACKEND` (same code, same store format): every sample's results are kept as soon as
-it is read, so an interrupted run resumes at its next sample. `--report-only` writes the JSON from what is stored.
+it is read, so an interrupted run resumes at its next sample. The JSON lists every cell in the store (each run adds
+its task and lengths to it), with each sample's reply; `--report-only` writes it from what is stored.
 Lengths are memlab word tokens of document + question. Questions: the original bAbI qa1 test file.
 """
 from __future__ import annotations
@@ -70,9 +71,12 @@ def main(argv=None):
                              "needed_in_context": c.extra.get("needed_in_context"),
                              "accuracy_when_all_needed_in_context": c.extra.get("accuracy_when_all_needed_in_context"),
                              "samples_with_all_needed_in_context": c.extra.get("samples_with_all_needed_in_context"),
-                             "fallbacks": c.extra["fallbacks"], "context_words": c.extra["context_words"]})
+                             "fallbacks": c.extra["fallbacks"], "context_words": c.extra["context_words"],
+                             "replies": [{"correct": r["correct"], "needed_in_context": r.get("needed_in_context"),
+                                          "answer": r["answer"][:160]}
+                                         for _, r in sorted(store.get_samples(c.model, c.task, c.length).items())]})
     for r in rows:
-        print(r)
+        print({k: v for k, v in r.items() if k != "replies"})
     print(write_result("readagent_babilong", {"backend": a.backend, "model": name, "rows": rows}))
 
 
