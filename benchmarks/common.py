@@ -24,6 +24,32 @@ def qa1_task(tokenizer):
     return BabilongTask(1, read_babi_dir(DATA / "babi", 1), tokenizer, TokenizedHaystack(tokenizer, load_haystack(books)))
 
 
+def titans_args(p, samples: int, out: str) -> None:
+    """The options the Titans probes share (titans_retention.py, titans_transplant.py)."""
+    root = Path(__file__).resolve().parents[1]
+    p.add_argument("--checkpoints", nargs="+", default=[str(root / "checkpoints" / "titans-qa1")])
+    p.add_argument("--lengths", default="65536,1000000")
+    p.add_argument("--samples", type=int, default=samples, help="samples per length (one batch)")
+    p.add_argument("--seed", type=int, default=20000, help="sample i is BabilongTask.sample(length, seed + i)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=out, help="results name: benchmarks/results/OUT.json")
+
+
+def titans_checkpoints(paths, script: str, variants=None):
+    """(name, model in eval mode, its qa1 task) for each Titans checkpoint in `paths`; anything else (or another
+    variant than `variants`) stops the script with a message."""
+    from memlab.checkpoint import load_checkpoint
+
+    for ck in paths:
+        model, tok, _ = load_checkpoint(ck)
+        if type(model).__name__ != "Titans" or (variants and model.config.variant not in variants):
+            kind = f"Titans {'/'.join(variants)}" if variants else "Titans"
+            variant = getattr(model.config, "variant", "")
+            raise SystemExit(f"{script}: {ck} is a {type(model).__name__}{' ' + variant if variant else ''} model, "
+                             f"not a {kind} model")
+        yield Path(ck).name, model.eval(), qa1_task(tok)
+
+
 def machine() -> dict:
     from memlab.demo import machine_info
 

@@ -20,13 +20,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import qa1_task, write_result  # noqa: E402
+from common import titans_args, titans_checkpoints, write_result  # noqa: E402
 
-from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.stream import stream  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _quantiles(x) -> dict:
     x = np.asarray(x, dtype=np.float64)
@@ -98,24 +94,14 @@ def retention(model, task, length: int, n: int, seed: int, ablate: bool) -> dict
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoints", nargs="+", default=[str(ROOT / "checkpoints" / "titans-qa1")])
-    p.add_argument("--lengths", default="65536,1000000")
-    p.add_argument("--samples", type=int, default=4, help="samples per length (one batch)")
-    p.add_argument("--seed", type=int, default=20000, help="sample i is BabilongTask.sample(length, seed + i)")
+    titans_args(p, samples=4, out="titans_retention")
     p.add_argument("--ablate-forgetting", action="store_true", help="set every alpha_t to 0 (a diagnostic)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="titans_retention", help="results name: benchmarks/results/OUT.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = []
-    for ck in a.checkpoints:
-        model, tok, _ = load_checkpoint(ck)
-        if type(model).__name__ != "Titans":
-            raise SystemExit(f"titans_retention: {ck} holds a {type(model).__name__}, not a Titans model")
-        model.eval()
-        task = qa1_task(tok)
+    for name, model, task in titans_checkpoints(a.checkpoints, "titans_retention"):
         for L in [int(v) for v in a.lengths.split(",")]:
-            row = {"checkpoint": Path(ck).name, **retention(model, task, L, a.samples, a.seed, a.ablate_forgetting)}
+            row = {"checkpoint": name, **retention(model, task, L, a.samples, a.seed, a.ablate_forgetting)}
             rows.append(row)
             short = {k: v for k, v in row.items() if k != "layers"}
             print(short, [(x["alpha_mean_haystack"], x["log_retention_supporting_fact"]) for x in row["layers"]], flush=True)

@@ -29,14 +29,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import qa1_task, write_result  # noqa: E402
+from common import titans_args, titans_checkpoints, write_result  # noqa: E402
 
-from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.models.titans import TitansState  # noqa: E402
 from memlab.stream import segment_bounds, stream  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 class Window:
     """row[start:stop] of a token row (a numpy array or a lazy sample's spliced tokens), sliced lazily."""
@@ -120,25 +116,15 @@ def transplant(model, task, length: int, n: int, seed: int) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoints", nargs="+", default=[str(ROOT / "checkpoints" / "titans-qa1")])
-    p.add_argument("--lengths", default="65536,1000000")
-    p.add_argument("--samples", type=int, default=8, help="samples per length (one batch)")
-    p.add_argument("--seed", type=int, default=20000, help="sample i is BabilongTask.sample(length, seed + i)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="titans_transplant", help="results name: benchmarks/results/OUT.json")
+    titans_args(p, samples=8, out="titans_transplant")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = []
-    for ck in a.checkpoints:
-        model, tok, _ = load_checkpoint(ck)
-        if type(model).__name__ != "Titans" or model.config.variant not in ("mac", "lmm"):
-            raise SystemExit(f"titans_transplant: {ck} is not a Titans MAC/LMM model")
-        model.eval()
-        task = qa1_task(tok)
+    for name, model, task in titans_checkpoints(a.checkpoints, "titans_transplant", variants=("mac", "lmm")):
         for L in [int(v) for v in a.lengths.split(",")]:
-            row = {"checkpoint": Path(ck).name, **transplant(model, task, L, a.samples, a.seed)}
+            row = {"checkpoint": name, **transplant(model, task, L, a.samples, a.seed)}
             rows.append(row)
-            print(row["checkpoint"], L, row["accuracy"], flush=True)
+            print(name, L, row["accuracy"], flush=True)
     print(write_result(a.out, {"rows": rows}))
 
 
