@@ -130,6 +130,7 @@ import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from memlab.readagent import METHODS, bm25_pages, babilong_correct, evaluate_readers, needed_in, reader_tasks  # noqa: E402
+from memlab.evaluate import sample_seed  # noqa: E402
 from memlab.store import ResultStore  # noqa: E402
 from memlab.tasks.babi import generate_babi  # noqa: E402
 from memlab.tasks.babilong import text_sample  # noqa: E402
@@ -289,3 +290,25 @@ def test_needed_facts_are_the_supporting_facts_and_key_paragraphs_and_are_found_
     assert needed_in("x\n\n" + needed[1].upper().replace(" ", "\n  ") + " y", needed) == 0.5  # case, white space aside
     assert needed_in("Mary went to the garden.", ["Mary moved to the garden."]) == 0.0  # a rewritten fact does not count
     assert needed_in("anything", []) == 1.0
+
+
+def test_readers_in_the_grid_at_64k_words_keep_the_fact_in_the_gists_and_lose_it_in_a_cut_full_text(tmp_path):
+    """The issue's longest grid length, read by a back-end whose gists keep facts verbatim: the pages cover the
+    document, the gists compress it > 95% and carry the answer; the full text cut to the context loses the fact."""
+    tasks = reader_tasks("babilong:qa1", BookHaystack(BOOKS[:1]).sentences())
+    agent = ReadAgent(ScriptedBackend(qa1_oracle), context_words=4000)
+    cells = []
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        evaluate_readers("oracle", agent, tasks, [64000], 1, 0, store, ("gists", "full"), log=lambda m: None,
+                         on_cell=cells.append)
+        got = {c.model: c for c in cells}
+        sample = store.get_samples("gists-oracle", "babilong:qa1", 64000)[0]
+    document, question, check, needed = tasks[0][1](64000, sample_seed(0, 0))
+    assert count_tokens(document) + count_tokens(question) == 64000
+    assert 64000 / 600 <= sample["pages"] <= 64000 / 280 + 1  # pages of 280-600 words cover it
+    gists, full = got["gists-oracle"], got["full-oracle"]
+    assert gists.accuracy == 1.0 and gists.extra["needed_in_context"] == 1.0
+    assert gists.extra["compression_rate"] > 0.95
+    in_tail = needed[0] in " ".join(document.split()[-4000:])  # facts sit anywhere: the cut full text keeps the end
+    assert full.extra["needed_in_context"] == float(in_tail) and full.extra["fallbacks"] == {"context_cut": 1}
+    assert full.accuracy == float(in_tail)
