@@ -24,6 +24,7 @@ from common import titans_args, titans_checkpoints, write_result  # noqa: E402
 
 from memlab.stream import stream  # noqa: E402
 
+
 def _quantiles(x) -> dict:
     x = np.asarray(x, dtype=np.float64)
     return {f"q{q}": round(float(v), 3) for q, v in zip((10, 50, 90), np.percentile(x, [10, 50, 90]))} if x.size else {}

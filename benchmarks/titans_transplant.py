@@ -34,6 +34,7 @@ from common import titans_args, titans_checkpoints, write_result  # noqa: E402
 from memlab.models.titans import TitansState  # noqa: E402
 from memlab.stream import segment_bounds, stream  # noqa: E402
 
+
 class Window:
     """row[start:stop] of a token row (a numpy array or a lazy sample's spliced tokens), sliced lazily."""
 
