@@ -56,7 +56,16 @@ def machine() -> dict:
     return machine_info()
 
 
+def check_name(name: str) -> str:
+    """A results name is a plain name: benchmarks/results/NAME.json (check it before a long run, not after)."""
+    if not name or Path(name).name != name:
+        raise SystemExit(f"results name {name!r} must be a plain name (it becomes benchmarks/results/NAME.json), "
+                         "not a path")
+    return name
+
+
 def write_result(name: str, payload: dict) -> Path:
+    check_name(name)
     payload = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": machine(), **payload}
