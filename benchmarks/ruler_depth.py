@@ -11,6 +11,7 @@ whole row.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -47,9 +48,9 @@ def plot(rows: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure  # object API: no global backend state
 
     names = list(dict.fromkeys(r["model"] for r in rows))
-    fig = Figure(figsize=(4.2 * len(names), 3.4))
+    fig = Figure(figsize=(4.2 * len(names) + 1, 3.4), layout="constrained")
     axes = fig.subplots(1, len(names), squeeze=False)[0]
-    for ax, name in zip(axes, names):
+    for k, (ax, name) in enumerate(zip(axes, names)):
         mine = [r for r in rows if r["model"] == name]
         lengths = sorted({r["length"] for r in mine})
         depths = sorted({r["depth"] for r in mine})
@@ -61,16 +62,17 @@ def plot(rows: list[dict], path: Path) -> None:
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
-        ax.set_xlabel("needle depth (share of the context before it)")
-        ax.set_ylabel("context length (tokens)")
+        ax.set_xlabel("needle depth (0 = first, 1 = last)")
+        if k == 0:
+            ax.set_ylabel("context length (tokens)")
         ax.set_title(name, fontsize=9)
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="accuracy")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoints", nargs="+", required=True, help="memlab checkpoints trained on the variant")
+    p.add_argument("--checkpoints", nargs="+", help="memlab checkpoints trained on the variant")
     p.add_argument("--variant", default="niah_single_2", help="a RULER single-needle variant (configs/tasks/ruler.yaml)")
     p.add_argument("--lengths", default="4096,16384,65536")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
@@ -79,8 +81,16 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="fixed-state models through torch.compile (~2x faster)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="ruler_depth", help="results name: benchmarks/results/OUT.json and .png")
+    p.add_argument("--replot", action="store_true", help="only redraw OUT.png from the stored OUT.json")
     a = p.parse_args(argv)
+    if a.replot:
+        stored = RESULTS / f"{check_name(a.out)}.json"
+        if not stored.is_file():
+            raise SystemExit(f"ruler_depth.py --replot: {stored} does not exist; run the sweep first")
+        return plot(json.loads(stored.read_text())["cells"], RESULTS / f"{a.out}.png")
     check_name(a.out)
+    if not a.checkpoints:
+        raise SystemExit("ruler_depth.py: give --checkpoints CKPT... (or --replot to redraw a stored sweep)")
     torch.set_num_threads(a.threads)
     lengths = [int(x) for x in a.lengths.split(",")]
     depths = [float(x) for x in a.depths.split(",")]

@@ -22,3 +22,24 @@ def test_shipped_checkpoint_answers_qa1_at_1k(name, books, babi_dir, tmp_path):
         evaluate_checkpoint(name, model, tok, spec, store, log=lambda *a: None)
         (cell,) = store.cells()
     assert cell.samples == 48 and cell.accuracy >= 0.7, (name, cell.accuracy, SHIPPED[name])
+
+
+def test_shipped_ruler_needle_checkpoint_finds_the_needle(books):
+    """checkpoints/rmt-ruler-niah (configs/rmt-ruler-niah.yaml, then -long.yaml; benchmarks/results/ruler_rmt):
+    on 32 held-out niah_single_2 samples at 2,048 tokens with the needle in the first segment, so that the
+    answer can only come through the memory, it finds the value (measured 1.00 at 4k-64k on 100 random-depth
+    samples; chance 1/32)."""
+    import torch
+
+    from memlab.stream import unroll
+    from memlab.tasks.text import load_haystack
+    from memlab.tasks.variants import TokenTextTask
+    from memlab.train import pad_batch
+
+    model, tok, _ = load_checkpoint(ROOT / "checkpoints" / "rmt-ruler-niah")
+    task = TokenTextTask("ruler-niah_single_2", tok, load_haystack([str(b) for b in books]).sentences(), seed_base=2**31)
+    task.kw["depth"] = 0.0
+    x, y = pad_batch(*zip(*(task.tokens(2048, s) for s in range(32))))
+    with torch.no_grad():
+        _, acc, n = unroll(model.eval(), x, y)
+    assert n == 32 and float(acc) >= 0.9, float(acc)
