@@ -14,14 +14,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 
 
+def books() -> list[str]:
+    """The four book files of ../shared/data/books, in a fixed order (the haystack of every recipe here)."""
+    return sorted(str(f) for f in (DATA / "books").glob("*.txt"))
+
+
 def qa1_task(tokenizer):
     """BABILong qa1 with the real bAbI file and the four books of ../shared/data as haystack."""
     from memlab.tasks.babi import read_babi_dir
     from memlab.tasks.babilong import BabilongTask
     from memlab.tasks.text import TokenizedHaystack, load_haystack
 
-    books = sorted(str(f) for f in (DATA / "books").glob("*.txt"))
-    return BabilongTask(1, read_babi_dir(DATA / "babi", 1), tokenizer, TokenizedHaystack(tokenizer, load_haystack(books)))
+    return BabilongTask(1, read_babi_dir(DATA / "babi", 1), tokenizer, TokenizedHaystack(tokenizer, load_haystack(books())))
 
 
 def titans_args(p, samples: int, out: str) -> None:

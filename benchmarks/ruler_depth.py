@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, RESULTS, check_name, write_result  # noqa: E402
+from common import RESULTS, books, check_name, write_result  # noqa: E402
 
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.metrics import wilson_interval  # noqa: E402
@@ -99,7 +99,7 @@ def main(argv=None):
                          "a depth places one needle")
     if any(not 0.0 <= d <= 1.0 for d in depths):
         raise SystemExit(f"ruler_depth.py: depths are fractions in [0, 1], got {a.depths}")
-    sentences = load_haystack(sorted(str(f) for f in (DATA / "books").glob("*.txt"))).sentences()
+    sentences = load_haystack(books()).sentences()
     rows = []
     for ck in a.checkpoints:
         model, tok, _ = load_checkpoint(ck)

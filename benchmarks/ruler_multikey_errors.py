@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, check_name, write_result  # noqa: E402
+from common import books, check_name, write_result  # noqa: E402
 
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.stream import stream  # noqa: E402
@@ -35,7 +35,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     model, tok, _ = load_checkpoint(a.checkpoint)
     model.eval()
-    sentences = load_haystack(sorted(str(f) for f in (DATA / "books").glob("*.txt"))).sentences()
+    sentences = load_haystack(books()).sentences()
     task = TokenTextTask(f"ruler-{a.variant}", tok, sentences, seed_base=2**31)  # held-out seeds, as memlab eval's
     rows = []
     for L in (int(x) for x in a.lengths.split(",")):
