@@ -158,11 +158,11 @@ class RulerTask:
             at = [int(np.argmin(np.abs(cum - depth * budget)))] * len(needles)
         else:
             at = sorted(np.random.default_rng([seed, 2, length]).integers(0, len(pad) + 1, size=len(needles)).tolist())
-        text, spans, tok, j = "", [], 0, 0
+        parts, spans, tok, j = [], [], 0, 0
 
-        def add(u):
-            nonlocal text, tok
-            text += (" " if text else "") + u
+        def add(u):  # parts joined once at the end: growing one string here costs time quadratic in the length
+            nonlocal tok
+            parts.append(u)
             n = count_tokens(u)
             tok += n
             return tok - n, tok
@@ -175,6 +175,7 @@ class RulerTask:
                 add(pad[i])
         add(question)
         assert tok == length, (tok, length)
+        text = " ".join(parts)
         return RulerSample(text, question, answers, spans, length,
                            {"task": self.task, "seed": seed, "depth": depth, "knobs": dict(self.knobs), "needles": needles})
 
