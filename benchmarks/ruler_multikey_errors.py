@@ -2,8 +2,14 @@
 keys, one asked): the right value, the value of another needle (it stored the values but did not match the key),
 or some other word. Held-out samples, the model's most likely next word after the question.
 
+With `--heads` (attention models, `transformer`): where each head's strongest attention from the answer position
+lands: on the asked needle's value, on another needle's value, on another needle token, on the question, or in
+the haystack. A model that matches keys has a head on the asked value; one that copies without the key spreads
+its value heads over all four.
+
     python benchmarks/ruler_multikey_errors.py --checkpoint runs/rmt-ruler-multikey --lengths 128,1000
     # -> benchmarks/results/ruler_multikey_errors.json
+    python benchmarks/ruler_multikey_errors.py --checkpoint runs/tf-multikey --lengths 128 --heads --out NAME
 """
 from __future__ import annotations
 
@@ -16,10 +22,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import books, check_name, write_result  # noqa: E402
 
+from memlab.analysis.retrieval_heads import answer_with_heads, memlab_heads  # noqa: E402
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.stream import stream  # noqa: E402
 from memlab.tasks.text import load_haystack  # noqa: E402
 from memlab.tasks.variants import TokenTextTask  # noqa: E402
+
+
+LANDINGS = ("asked_value", "other_value", "other_needle_token", "question", "haystack")
+
+
+def landing(pos: int, sample, ids, tok) -> str:
+    """Where token position `pos` lies: a needle's value word (the asked one or another), another needle token,
+    the question (after the last needle), or the haystack."""
+    for a, b in sample.needle_token_spans:
+        if a <= pos < b:
+            if pos == b - 2:  # "... is : VALUE ." : the value is the needle's second-last token
+                return "asked_value" if tok.vocab[ids[pos]] == sample.answers[0] else "other_value"
+            return "other_needle_token"
+    return "question" if pos >= sample.length - len(tok.encode(sample.question)) else "haystack"
 
 
 def main(argv=None):
@@ -29,30 +50,45 @@ def main(argv=None):
     p.add_argument("--lengths", default="128,1000")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--heads", action="store_true", help="also count where each head's top attention lands (transformer)")
     p.add_argument("--out", default="ruler_multikey_errors", help="results name: benchmarks/results/OUT.json")
     a = p.parse_args(argv)
     check_name(a.out)
     torch.set_num_threads(a.threads)
     model, tok, _ = load_checkpoint(a.checkpoint)
     model.eval()
+    if a.heads and model.config.kind != "transformer":
+        raise SystemExit(f"ruler_multikey_errors.py: --heads reads the attention of a plain transformer; {a.checkpoint} "
+                         f"is a {model.config.kind} (its memory tokens shift the positions); drop --heads")
     sentences = load_haystack(books()).sentences()
     task = TokenTextTask(f"ruler-{a.variant}", tok, sentences, seed_base=2**31)  # held-out seeds, as memlab eval's
     rows = []
     for L in (int(x) for x in a.lengths.split(",")):
         counts = {"right": 0, "another_needles_value": 0, "other_word": 0}
+        landings = [[dict.fromkeys(LANDINGS, 0) for _ in range(model.config.n_heads)] for _ in range(model.config.n_layers)]
         for s in range(a.samples):
             sample = task.text_sample(L, s)
             if len(sample.answers) != 1:
                 raise SystemExit(f"ruler_multikey_errors.py: {a.variant} asks for {len(sample.answers)} values; "
                                  "use a variant that asks for one (niah_multikey)")
             ids, _ = task.tokens(L, s)
-            with torch.no_grad():
-                word = tok.vocab[int(stream(model, torch.tensor([ids]), [L - 1]).logits[0, -1].argmax())]
             values = [n.rsplit(": ", 1)[1].rstrip(".") for n in sample.meta["needles"]]
+            if a.heads:
+                with memlab_heads(model) as ctl:
+                    word = tok.vocab[answer_with_heads(model, ctl, ids[:L], set())[0]]
+                    for layer, top in ctl.top.items():
+                        for h, pos in enumerate(top.tolist()):
+                            landings[layer][h][landing(pos, sample, ids, tok)] += 1
+            else:
+                with torch.no_grad():
+                    word = tok.vocab[int(stream(model, torch.tensor([ids]), [L - 1]).logits[0, -1].argmax())]
             key = ("right" if word == sample.answers[0] else "another_needles_value" if word in values else "other_word")
             counts[key] += 1
-        rows.append({"length": L, "samples": a.samples, **counts})
+        rows.append({"length": L, "samples": a.samples, **counts, **({"head_landings": landings} if a.heads else {})})
         print(f"{L}: {counts}", flush=True)
+        for layer, heads in enumerate(landings if a.heads else []):
+            for h, c in enumerate(heads):
+                print(f"  layer {layer} head {h}: " + ", ".join(f"{k} {v}" for k, v in c.items() if v), flush=True)
     print(f"wrote {write_result(a.out, {'checkpoint': a.checkpoint, 'variant': a.variant, 'cells': rows})}")
 
 

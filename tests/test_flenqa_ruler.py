@@ -157,6 +157,24 @@ def test_ruler_common_words_are_the_most_common(book_sentences):
         c for w, c in counts.items() if w not in s.answers)
 
 
+def test_ruler_multikey_key_pool_limits_the_keys_and_leaves_the_default_samples_alone(book_sentences):
+    from memlab.tasks.ruler import KEYS
+
+    full, default = RulerTask("niah_multikey", book_sentences, key_pool=len(KEYS)), RulerTask("niah_multikey", book_sentences)
+    small = RulerTask("niah_multikey", book_sentences, key_pool=4)
+    seen = set()
+    for seed in range(20):
+        assert full.sample(300, seed).text == default.sample(300, seed).text
+        s = small.sample(300, seed)
+        keys = re.findall(r"magic words for (\w+) is:", s.text)
+        assert len(keys) == 4 and set(keys) == set(KEYS[:4])  # four distinct keys, all from the pool
+        assert re.search(r"word for (\w+) mentioned", s.question).group(1) in keys
+        seen.add(s.answers[0])
+    assert len(seen) > 4  # the values still come from all 32 value words
+    with pytest.raises(ValueError, match="key_pool >= n_keys"):
+        RulerTask("niah_multikey", book_sentences, n_keys=5, key_pool=4)
+
+
 def test_ruler_bad_input():
     with pytest.raises(ValueError, match="no knob"):
         RulerTask("niah_single", n_keys=3)

@@ -8,7 +8,8 @@ Tasks:
 - `niah_single`: one needle "One of the special magic words for KEY is: VALUE." in noise; `noise="repeat"` is
   RULER's repeated "The grass is green..." text, `noise="book"` the haystack's sentences; `value_words` = 2 asks
   for a two-word value (RULER's third single-needle variant uses UUIDs for a harder copy).
-- `niah_multikey`: `n_keys` needles with distinct keys, one of them asked.
+- `niah_multikey`: `n_keys` needles with distinct keys, one of them asked. `key_pool` (default all 32) draws the keys
+  from the first `key_pool` key words only: a training curriculum knob (few distinct keys first).
 - `niah_multivalue`: `n_values` needles with the same key and different values, all asked.
 - `niah_multiquery`: `n_queries` needles with distinct keys, all asked.
 - `vt` (variable tracking): `n_chains` chains of `n_hops` assignments "VAR B = VAR A." after "VAR A = VALUE.";
@@ -47,7 +48,7 @@ WORDS = ("table", "chair", "spoon", "cloud", "stone", "bread", "paper", "glass",
          "sword", "thumb", "tower", "truck", "uncle", "wagon", "whale", "wrist", "cabin", "canal", "cliff", "crown")
 DEFAULTS = {
     "niah_single": {"noise": "book", "value_words": 1},
-    "niah_multikey": {"noise": "book", "n_keys": 4},
+    "niah_multikey": {"noise": "book", "n_keys": 4, "key_pool": len(KEYS)},
     "niah_multivalue": {"noise": "book", "n_values": 4},
     "niah_multiquery": {"noise": "book", "n_queries": 4},
     "vt": {"noise": "repeat", "n_chains": 1, "n_hops": 4},
@@ -81,10 +82,13 @@ class RulerTask:
         if k.get("noise") == "book" and not haystack_sentences:
             raise ValueError(f"RULER {task} with noise 'book' needs haystack sentences (BookHaystack(paths).sentences())")
         limits = {"n_keys": len(KEYS), "n_values": len(VALUES), "n_queries": len(KEYS), "value_words": 4,
-                  "n_hops": len(VARIABLES) - 1, "n_chains": len(VALUES), "n_common": len(WORDS) // 2}
+                  "n_hops": len(VARIABLES) - 1, "n_chains": len(VALUES), "n_common": len(WORDS) // 2, "key_pool": len(KEYS)}
         for name, hi in limits.items():
             if name in k and not (isinstance(k[name], int) and 1 <= k[name] <= hi):
                 raise ValueError(f"{name} must be an integer in [1, {hi}], got {k[name]!r}")
+        if task == "niah_multikey" and k["n_keys"] > k["key_pool"]:
+            raise ValueError(f"niah_multikey: n_keys = {k['n_keys']} distinct keys cannot come from a key_pool of "
+                             f"{k['key_pool']}; use key_pool >= n_keys")
         if task == "vt" and k["n_chains"] * (k["n_hops"] + 1) > len(VARIABLES):
             raise ValueError(f"vt: n_chains * (n_hops + 1) = {k['n_chains'] * (k['n_hops'] + 1)} variables, "
                              f"but only {len(VARIABLES)} names exist; use fewer chains or hops")
@@ -104,7 +108,7 @@ class RulerTask:
             return [needle.format(key, value)], f"What is the special magic word for {key} mentioned in the provided text?", [value]
         if t in ("niah_multikey", "niah_multiquery"):
             n = k["n_keys"] if t == "niah_multikey" else k["n_queries"]
-            keys, values = rng.choice(KEYS, n, replace=False), rng.choice(VALUES, n, replace=False)
+            keys, values = rng.choice(KEYS[: k.get("key_pool", len(KEYS))], n, replace=False), rng.choice(VALUES, n, replace=False)
             needles = [needle.format(a, b) for a, b in zip(keys, values)]
             if t == "niah_multikey":
                 i = int(rng.integers(n))
