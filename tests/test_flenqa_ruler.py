@@ -175,6 +175,22 @@ def test_ruler_multikey_key_pool_limits_the_keys_and_leaves_the_default_samples_
         RulerTask("niah_multikey", book_sentences, n_keys=5, key_pool=4)
 
 
+def test_ruler_multiquery_answers_follow_the_question_and_random_order_needs_the_keys(book_sentences):
+    for order in ("text", "random"):
+        t = RulerTask("niah_multiquery", book_sentences, query_order=order)
+        reordered = 0
+        for seed in range(20):
+            s = t.sample(400, seed)
+            pairs = re.findall(r"magic words for (\w+) is: (\w+)\.", s.text)
+            asked = re.search(r"words for (.+) mentioned", s.question).group(1).split(", ")
+            assert sorted(asked) == sorted(k for k, _ in pairs)
+            assert s.answers == [dict(pairs)[k] for k in asked]  # the answer i is the value of the i-th asked key
+            reordered += asked != [k for k, _ in pairs]
+        assert (reordered == 0) if order == "text" else (reordered >= 15), (order, reordered)
+    with pytest.raises(ValueError, match="query_order"):
+        RulerTask("niah_multiquery", book_sentences, query_order="sorted")
+
+
 def test_ruler_bad_input():
     with pytest.raises(ValueError, match="no knob"):
         RulerTask("niah_single", n_keys=3)

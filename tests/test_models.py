@@ -108,6 +108,25 @@ def test_truncated_bptt_depth(kind):
     assert [g is not None and g > 0 for g in two] == [False, False, True, True], two  # stops after 2 segments
 
 
+def test_unroll_per_sample_scores_a_sample_right_only_when_every_answer_word_is():
+    """Answers of several words: per-word accuracy counts each word, per_sample (what held-out checks during
+    training report, as memlab eval does) needs all of a sample's words; a sample with no answer is not counted."""
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", num_mem=4, segment_len=8, **TINY)).eval()
+    x = torch.randint(3, 61, (3, 30))
+    with torch.no_grad():
+        pred = stream(m, x, [19, 20, 27]).logits.argmax(-1)  # the model's words at three answer positions
+    y = torch.full_like(x, -100)
+    y[:, [19, 20, 27]] = pred
+    y[0, 20] = (pred[0, 1] + 1) % 61  # sample 0: one of its three words wrong
+    y[2] = -100  # sample 2: no answer
+    with torch.no_grad():
+        _, word_acc, words = unroll(m, x, y)
+        _, sample_acc, samples = unroll(m, x, y, per_sample=True)
+    assert (word_acc, words) == (5 / 6, 6)
+    assert (sample_acc, samples) == (1 / 2, 2)
+
+
 @pytest.mark.parametrize("depth", [None, 2, 3])
 def test_unroll_without_graph_where_no_loss_reaches_gives_same_gradients(depth):
     """unroll skips autograd for windows that no answer can reach; losses and gradients equal a reference

@@ -178,7 +178,7 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
 
 
 def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: int | None = None, lm_weight: float = 0.0,
-           write_cost: float = 0.0, compile: bool = False):
+           write_cost: float = 0.0, compile: bool = False, per_sample: bool = False):
     """Training unroll with truncated BPTT.
 
     tokens: [B, L]; targets: [B, L] long with -100 where there is no answer to predict (the answer
@@ -191,7 +191,9 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     with write_skip): a price on rewriting memory, so that segments with nothing to store learn to leave it as it is.
     compile: full-length segments go through `compiled_forward(model)` (fixed-state models; forward and backward
     compiled by torch.compile, the same parameters); a partial first segment runs eagerly.
-    Returns (loss, answer accuracy tensor, number of answer targets)."""
+    Returns (loss, answer accuracy, number of answer targets): the accuracy over answer words. per_sample: the
+    accuracy and count are over samples instead, a sample right when every one of its answer words is (exact
+    match, as `memlab eval` scores; the same for one-word answers)."""
     device = model_device(model)
     x, y = _as_tensor(tokens, device), _as_tensor(targets, device)
     B, L = x.shape
@@ -202,7 +204,7 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
     if compile:
         _prepare_compiled(model, x[:, L - seg :] if L >= seg else None, state)
     total, correct, count, lm_total, lm_count = 0.0, 0, 0, 0.0, 0
-    gates = []
+    gates, wrong = [], torch.zeros(B, dtype=torch.long, device=x.device)
     cut = [bptt_depth is not None and j > 0 and (n - j) % bptt_depth == 0 for j in range(n)]
     # a segment needs a graph only if a loss after it, before the next cut, can reach it: long samples whose
     # answers sit at the end run their early windows without autograd (same losses and gradients)
@@ -232,8 +234,10 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
             logits = model.logits(out.hidden[mask])
             tgt = y[:, s:e][mask]
             total = total + F.cross_entropy(logits.float(), tgt, reduction="sum")
-            correct += (logits.argmax(-1) == tgt).sum().item()
+            hit = logits.argmax(-1) == tgt
+            correct += hit.sum().item()
             count += int(mask.sum())
+            wrong.index_add_(0, mask.nonzero()[:, 0], (~hit).long())
         if lm_weight > 0:
             nxt = x[:, s + 1 : e + 1]
             h = out.hidden[:, : nxt.shape[1]]
@@ -244,4 +248,8 @@ def unroll(model, tokens, targets, bptt_depth: int | None = None, segment_len: i
         loss = loss + lm_weight * lm_total / lm_count
     if gates:
         loss = loss + write_cost * torch.stack(gates).mean()
+    if per_sample:
+        asked = (y != -100).any(1)
+        samples = int(asked.sum())
+        return loss, int(((wrong == 0) & asked).sum()) / max(samples, 1), samples
     return loss, correct / max(count, 1), count

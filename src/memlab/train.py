@@ -268,8 +268,9 @@ def length_for(cfg: TrainConfig, step: int, rng: random.Random) -> int:
 @torch.no_grad()
 def evaluate_heldout(model, data: TaskData, length: int, n: int, seed: int = 12345, batch: int = 32,
                      memory_only: bool = False, tasks=None, compile: bool = False) -> float:
-    """Held-out accuracy at `length`; memory_only: every fact before the question's segment; tasks: a subset
-    of data.heldout (default: all, mixed); compile: as unroll's."""
+    """Held-out accuracy at `length`: the share of samples whose every answer word is right (as `memlab eval`
+    scores); memory_only: every fact before the question's segment; tasks: a subset of data.heldout (default:
+    all, mixed); compile: as unroll's."""
     model.eval()
     correct = total = 0
     rank, world = dist.rank_world() if dist.active() else (0, 1)
@@ -277,7 +278,7 @@ def evaluate_heldout(model, data: TaskData, length: int, n: int, seed: int = 123
         if k % world != rank:  # distributed: the processes take turns over the batches
             continue
         x, y = data.batch(tasks or data.heldout, length, min(batch, n - b), seed + b, memory_only=float(memory_only))
-        _, acc, cnt = unroll(model, x, y, compile=compile)
+        _, acc, cnt = unroll(model, x, y, compile=compile, per_sample=True)
         correct += acc * cnt
         total += cnt
     correct, total = dist.all_sum(correct, total, device=model_device(model))

@@ -11,7 +11,9 @@ Tasks:
 - `niah_multikey`: `n_keys` needles with distinct keys, one of them asked. `key_pool` (default all 32) draws the keys
   from the first `key_pool` key words only: a training curriculum knob (few distinct keys first).
 - `niah_multivalue`: `n_values` needles with the same key and different values, all asked.
-- `niah_multiquery`: `n_queries` needles with distinct keys, all asked.
+- `niah_multiquery`: `n_queries` needles with distinct keys, all asked. The question lists the keys in the order of
+  the text (`query_order="text"`), so the answers can be read off in order without matching a key;
+  `query_order="random"` lists them shuffled, and the answers follow the question's order: each one needs its key.
 - `vt` (variable tracking): `n_chains` chains of `n_hops` assignments "VAR B = VAR A." after "VAR A = VALUE.";
   the answer is every variable of the asked chain.
 - `cwe` (common words extraction): a numbered word list in which `n_common` words appear `freq_common` times and
@@ -50,7 +52,7 @@ DEFAULTS = {
     "niah_single": {"noise": "book", "value_words": 1},
     "niah_multikey": {"noise": "book", "n_keys": 4, "key_pool": len(KEYS)},
     "niah_multivalue": {"noise": "book", "n_values": 4},
-    "niah_multiquery": {"noise": "book", "n_queries": 4},
+    "niah_multiquery": {"noise": "book", "n_queries": 4, "query_order": "text"},
     "vt": {"noise": "repeat", "n_chains": 1, "n_hops": 4},
     "cwe": {"n_common": 10, "freq_common": 30, "freq_uncommon": 3},
 }
@@ -77,6 +79,8 @@ class RulerTask:
             raise ValueError(f"RULER task {task!r} has no knob(s) {bad}; its knobs: {sorted(DEFAULTS[task])}")
         self.task, self.knobs = task, {**DEFAULTS[task], **knobs}
         k = self.knobs
+        if k.get("query_order", "text") not in ("text", "random"):
+            raise ValueError(f"query_order must be 'text' or 'random', got {k['query_order']!r}")
         if k.get("noise", "repeat") not in ("repeat", "book"):
             raise ValueError(f"noise must be 'repeat' or 'book', got {k['noise']!r}")
         if k.get("noise") == "book" and not haystack_sentences:
@@ -113,7 +117,9 @@ class RulerTask:
             if t == "niah_multikey":
                 i = int(rng.integers(n))
                 return needles, f"What is the special magic word for {keys[i]} mentioned in the provided text?", [str(values[i])]
-            return needles, f"What are the special magic words for {', '.join(keys)} mentioned in the provided text?", [str(v) for v in values]
+            asked = rng.permutation(n) if k["query_order"] == "random" else range(n)
+            return (needles, f"What are the special magic words for {', '.join(str(keys[i]) for i in asked)} mentioned in the "
+                    "provided text?", [str(values[i]) for i in asked])
         if t == "niah_multivalue":
             key, values = str(rng.choice(KEYS)), rng.choice(VALUES, k["n_values"], replace=False)
             return ([needle.format(key, v) for v in values],
