@@ -19,6 +19,28 @@ def books() -> list[str]:
     return sorted(str(f) for f in (DATA / "books").glob("*.txt"))
 
 
+def checkpoint_args(p, lengths: str, samples: int, out: str) -> None:
+    """The options every single-checkpoint RULER script takes: --checkpoint, --lengths, --samples, --threads, --out."""
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--lengths", default=lengths)
+    p.add_argument("--samples", type=int, default=samples)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=out, help="results name: benchmarks/results/OUT.json")
+
+
+def open_checkpoint(a):
+    """After checkpoint_args: check the results name first, set the threads, load the model in eval mode;
+    returns (model, tokenizer)."""
+    import torch
+
+    from memlab.checkpoint import load_checkpoint
+
+    check_name(a.out)
+    torch.set_num_threads(a.threads)
+    model, tok, _ = load_checkpoint(a.checkpoint)
+    return model.eval(), tok
+
+
 def qa1_task(tokenizer):
     """BABILong qa1 with the real bAbI file and the four books of ../shared/data as haystack."""
     from memlab.tasks.babi import read_babi_dir

@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import books, check_name, write_result  # noqa: E402
+from common import books, checkpoint_args, open_checkpoint, write_result  # noqa: E402
 
 from memlab.analysis.retrieval_heads import answer_with_heads, memlab_heads  # noqa: E402
-from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.stream import stream  # noqa: E402
 from memlab.tasks.text import load_haystack  # noqa: E402
 from memlab.tasks.variants import TokenTextTask  # noqa: E402
@@ -45,18 +44,11 @@ def landing(pos: int, sample, ids, tok) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    checkpoint_args(p, lengths="128,1000", samples=100, out="ruler_multikey_errors")
     p.add_argument("--variant", default="niah_multikey")
-    p.add_argument("--lengths", default="128,1000")
-    p.add_argument("--samples", type=int, default=100)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--heads", action="store_true", help="also count where each head's top attention lands (transformer)")
-    p.add_argument("--out", default="ruler_multikey_errors", help="results name: benchmarks/results/OUT.json")
     a = p.parse_args(argv)
-    check_name(a.out)
-    torch.set_num_threads(a.threads)
-    model, tok, _ = load_checkpoint(a.checkpoint)
-    model.eval()
+    model, tok = open_checkpoint(a)
     if a.heads and model.config.kind != "transformer":
         raise SystemExit(f"ruler_multikey_errors.py: --heads reads the attention of a plain transformer; {a.checkpoint} "
                          f"is a {model.config.kind} (its memory tokens shift the positions); drop --heads")

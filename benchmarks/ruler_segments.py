@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import books, check_name, write_result  # noqa: E402
+from common import books, checkpoint_args, open_checkpoint, write_result  # noqa: E402
 
-from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.metrics import wilson_interval  # noqa: E402
 from memlab.stream import segment_bounds, stream  # noqa: E402
 from memlab.tasks.text import load_haystack  # noqa: E402
@@ -26,17 +25,10 @@ from memlab.tasks.variants import TokenTextTask  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    checkpoint_args(p, lengths="1000,4000", samples=50, out="ruler_segments")
     p.add_argument("--variants", default="niah_multivalue,niah_multiquery")
-    p.add_argument("--lengths", default="1000,4000")
-    p.add_argument("--samples", type=int, default=50)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="ruler_segments", help="results name: benchmarks/results/OUT.json")
     a = p.parse_args(argv)
-    check_name(a.out)
-    torch.set_num_threads(a.threads)
-    model, tok, _ = load_checkpoint(a.checkpoint)
-    model.eval()
+    model, tok = open_checkpoint(a)
     seg_len = getattr(model.config, "num_mem", None) and model.config.segment_len
     if not seg_len:
         raise SystemExit(f"ruler_segments.py: {a.checkpoint} is a {model.config.kind}, not a segment-recurrent model "
