@@ -161,6 +161,11 @@ def test_unknown_model_lists_known():
         build_model(make_config("rmt", num_mem=0, **TINY))
     with pytest.raises(ValueError, match="no option"):
         make_config("transformer", num_mem=3)
+    with pytest.raises(ValueError, match=r"rope_base must be a number, got the text '1.0e9'.*1.0e\+9"):
+        make_config("transformer", rope_base="1.0e9")  # what YAML makes of `rope_base: 1.0e9`
+    with pytest.raises(ValueError, match="recency must be true or false"):
+        make_config("rmt", recency="yes")
+    assert make_config("transformer", rope_base=1.0e9).rope_base == 1.0e9
     assert {"rmt", "transformer", "hf-rmt"} <= set(known_models())
 
 
