@@ -68,8 +68,7 @@ def make_config(name: str, **overrides):
     for f in dataclasses.fields(cfg_cls):  # text where a number or a flag belongs (YAML reads 1.0e9 as a string)
         value, default = overrides.get(f.name), f.default
         if isinstance(value, str) and isinstance(default, (bool, int, float)):
-            fix = ("write true or false, unquoted" if isinstance(default, bool) else
-                   "in YAML write a number with a sign in its exponent (1.0e+9) or in full (1000000000.0)")
-            raise ValueError(f"model option {f.name} must be {'true or false' if isinstance(default, bool) else 'a number'}, "
-                             f"got the text {value!r}; {fix}")
+            want, fix = (("true or false", "write true or false, unquoted") if isinstance(default, bool) else
+                         ("a number", "in YAML write a number with a sign in its exponent (1.0e+9) or in full (1000000000.0)"))
+            raise ValueError(f"model option {f.name} must be {want}, got the text {value!r}; {fix}")
     return cfg_cls(**overrides)
