@@ -1,9 +1,11 @@
 """Accuracy against consolidation passes: a sleep checkpoint evaluated with N = 0, 1, 2, 4, 8 passes per chunk
-(its window fixed by its segment length), on BABILong tasks at fixed lengths, with 95% intervals and the FLOPs
-each point spends on prediction and on consolidation per sample.
+(its window fixed by its segment length), on BABILong tasks or RULER / FLenQA variants at fixed lengths, with 95%
+intervals and the FLOPs each point spends on prediction and on consolidation per sample.
 
     python benchmarks/sleep_curve.py runs/sleep-qa2 --tasks 2,3 --lengths 1k,2k --samples 100
         # -> benchmarks/results/sleep_curve.json (cells also in benchmarks/results/sleep_curve.sqlite)
+    python benchmarks/sleep_curve.py runs/sleep-vt --task ruler:vt,vt_2chains --lengths 1k,4k --samples 100
+        # variable tracking (RULER), exact match of the whole answer, in the checkpoint's own tokens
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def main(argv=None):
     p.add_argument("checkpoint")
     p.add_argument("--passes", default="0,1,2,4,8")
     p.add_argument("--tasks", default="2,3", help="bAbI task numbers")
+    p.add_argument("--task", help="text tasks instead of bAbI: ruler:VARIANT[,VARIANT] or flenqa:VARIANT[,...]")
     p.add_argument("--lengths", default="1k,2k")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
@@ -41,13 +44,34 @@ def main(argv=None):
         raise SystemExit(f"{a.checkpoint} is a {model.config.kind!r} checkpoint; this benchmark needs a 'sleep' one")
     model.to(a.device)
     base = model_name(a.checkpoint)
-    spec = EvalSpec([int(t) for t in a.tasks.split(",")], parse_lengths(a.lengths), a.samples, a.batch_size, 0,
-                    _books_default() or None, a.babi_dir if Path(a.babi_dir).is_dir() else None)
+    passes = [int(x) for x in a.passes.split(",")]
+    if any(n < 0 for n in passes):
+        raise SystemExit(f"--passes must be >= 0 (0 = no consolidation), got {a.passes}")
+    if a.task:
+        family, sep, rest = a.task.partition(":")
+        if family.strip().lower() not in ("ruler", "flenqa") or not rest.strip():
+            raise SystemExit(f"--task takes ruler:VARIANT[,...] or flenqa:VARIANT[,...] (bAbI: --tasks 2,3), got {a.task!r}")
+        from memlab.evaluate import evaluate_token_text
+        from memlab.tasks.text import load_haystack
+
+        books = _books_default()
+        sentences = load_haystack(books).sentences() if books else None
+        variants = [f"{family.strip().lower()}-{v.strip()}" for v in rest.split(",") if v.strip()]
+        lengths = parse_lengths(a.lengths)
+
+        def run(name, store):
+            evaluate_token_text(name, model, tok, variants, lengths, a.samples, 0, store, sentences)
+    else:
+        spec = EvalSpec([int(t) for t in a.tasks.split(",")], parse_lengths(a.lengths), a.samples, a.batch_size, 0,
+                        _books_default() or None, a.babi_dir if Path(a.babi_dir).is_dir() else None)
+
+        def run(name, store):
+            evaluate_checkpoint(name, model, tok, spec, store)
     rows = []
     with ResultStore(a.store) as store:
-        for n in [int(x) for x in a.passes.split(",")]:
+        for n in passes:
             model.config.sleep_passes = n  # evaluation mode uses sleep_passes for every chunk
-            evaluate_checkpoint(f"{base}@N={n}", model, tok, spec, store)
+            run(f"{base}@N={n}", store)
         for c in store.cells():
             if c.model.startswith(base + "@N="):
                 rows.append({"passes": int(c.model.split("=")[-1]), "task": c.task, "length": c.length, "samples": c.samples,

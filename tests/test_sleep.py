@@ -163,3 +163,27 @@ def test_sleep_trains_and_evaluates_end_to_end_with_flops_in_the_store(tmp_path,
         (cell,) = store.cells()
     predict, sleep = cell.extra["flops_predict_per_sample"], cell.extra["flops_sleep_per_sample"]
     assert predict > 0 and sleep == pytest.approx(2 * predict)
+
+
+def test_sleep_flops_are_reported_on_text_tasks_too(tmp_path):
+    """evaluate_token_text (RULER / FLenQA cells of memlab checkpoints, as benchmarks/sleep_curve.py --task uses)
+    keeps the FLOPs of prediction and of consolidation apart per sample, like the bAbI cells: consolidation =
+    N x prediction, and N = 0 spends none."""
+    from memlab.evaluate import evaluate_token_text
+    from memlab.store import ResultStore
+    from memlab.tasks.text import WordTokenizer
+    from memlab.tasks.variants import TokenTextTask
+
+    tok = WordTokenizer.build(TokenTextTask("ruler-vt", None, None).words())
+    torch.manual_seed(0)
+    model = build_model(make_config("sleep", **{**TINY, "vocab_size": len(tok), "segment_len": 32}))
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        for n in (0, 3):
+            model.config.sleep_passes = n
+            evaluate_token_text(f"m@N={n}", model, tok, ["ruler-vt"], [96], 2, 0, store, None, log=lambda m: None)
+        cells = {c.model: c for c in store.cells()}
+    assert set(cells) == {"m@N=0", "m@N=3"}
+    for n in (0, 3):
+        extra = cells[f"m@N={n}"].extra
+        assert extra["flops_predict_per_sample"] > 0
+        assert extra["flops_sleep_per_sample"] == pytest.approx(n * extra["flops_predict_per_sample"])

@@ -340,17 +340,21 @@ def evaluate_token_text(name: str, model, tokenizer, variants: list[str], length
                 on_cell and on_cell(cell)
                 continue
             _reset_peak_rss()
-            t0, correct, state_bytes, toks = time.perf_counter(), 0, 0, 0
+            t0, correct, state_bytes, toks, totals = time.perf_counter(), 0, 0, 0, {}
             for i in range(samples):
                 ids, targets = task.tokens(length, sample_seed(seed, i))
                 pos = [j for j, t in enumerate(targets) if t != -100]
                 res = stream(model, np.asarray([ids]), pos)
                 correct += res.logits[0].argmax(-1).tolist() == [targets[j] for j in pos]
                 state_bytes, toks = state_nbytes(res.state), toks + len(ids)
+                for k, v in res.totals.items():  # e.g. the sleep model's FLOPs of prediction and of consolidation
+                    totals[k] = totals.get(k, 0) + v
             secs = time.perf_counter() - t0
             lo, hi = wilson_interval(correct, samples)
+            extra = {"seed": seed, **({"estimate": est} if est else {})}
+            extra.update({f"{k}_per_sample": v / samples for k, v in totals.items() if k.startswith("flops")})
             cell = store.put(Cell(name, task_name, length, samples, correct / samples, lo, hi, secs, secs / samples,
-                                  toks / secs, state_bytes, _peak_rss(), "ok", None, {"seed": seed, **({"estimate": est} if est else {})}))
+                                  toks / secs, state_bytes, _peak_rss(), "ok", None, extra))
             log(f"{name} {task_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples} "
                 f"{cell.tokens_per_s:.0f} tok/s state {state_bytes} B")
             on_cell and on_cell(cell)
