@@ -2,6 +2,11 @@
 keys, one asked): the right value, the value of another needle (it stored the values but did not match the key),
 or some other word. Held-out samples, the model's most likely next word after the question.
 
+With `--variant vt_2chains` (variable tracking with several chains; the answer is every variable of the asked
+value's chain), the first answer word picks the chain: it is counted as right, as a variable of another chain
+(the chains are stored but the asked one is not found), or as another word; the later words are teacher-forced,
+and `rest_right` counts the samples whose remaining words are all right given the first.
+
 With `--heads` (attention models, `transformer`): where each head's strongest attention from the answer position
 lands: on the asked needle's value, on another needle's value, on another needle token, on the question, or in
 the haystack. A model that matches keys has a head on the asked value; one that copies without the key spreads
@@ -10,10 +15,12 @@ its value heads over all four.
     python benchmarks/ruler_multikey_errors.py --checkpoint runs/rmt-ruler-multikey --lengths 128,1000
     # -> benchmarks/results/ruler_multikey_errors.json
     python benchmarks/ruler_multikey_errors.py --checkpoint runs/tf-multikey --lengths 128 --heads --out NAME
+    python benchmarks/ruler_multikey_errors.py --checkpoint runs/sleep-vt --variant vt_2chains --lengths 512,1000 --out NAME
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -56,10 +63,26 @@ def main(argv=None):
     task = TokenTextTask(f"ruler-{a.variant}", tok, sentences, seed_base=2**31)  # held-out seeds, as memlab eval's
     rows = []
     for L in (int(x) for x in a.lengths.split(",")):
-        counts = {"right": 0, "another_needles_value": 0, "other_word": 0}
+        vt = a.variant.startswith("vt")
+        counts = ({"right": 0, "another_chains_variable": 0, "other_word": 0, "rest_right": 0, "all_right": 0} if vt
+                  else {"right": 0, "another_needles_value": 0, "other_word": 0})
         landings = [[dict.fromkeys(LANDINGS, 0) for _ in range(model.config.n_heads)] for _ in range(model.config.n_layers)]
         for s in range(a.samples):
             sample = task.text_sample(L, s)
+            if vt:
+                if a.heads:
+                    raise SystemExit("ruler_multikey_errors.py: --heads reads one answer word; drop it for vt")
+                ids, targets = task.tokens(L, s)
+                pos = [j for j, t in enumerate(targets) if t != -100]
+                with torch.no_grad():
+                    pred = stream(model, torch.tensor([ids]), pos).logits[0].argmax(-1).tolist()
+                want = [targets[j] for j in pos]
+                chains = {w for n in sample.meta["needles"] for w in re.findall(r"VAR (\w+)", n)} - set(sample.answers)
+                first = tok.vocab[pred[0]]
+                counts["right" if pred[0] == want[0] else "another_chains_variable" if first in chains else "other_word"] += 1
+                counts["rest_right"] += pred[1:] == want[1:]
+                counts["all_right"] += pred == want
+                continue
             if len(sample.answers) != 1:
                 raise SystemExit(f"ruler_multikey_errors.py: {a.variant} asks for {len(sample.answers)} values; "
                                  "use a variant that asks for one (niah_multikey)")
