@@ -24,11 +24,9 @@ def test_shipped_checkpoint_answers_qa1_at_1k(name, books, babi_dir, tmp_path):
     assert cell.samples == 48 and cell.accuracy >= 0.7, (name, cell.accuracy, SHIPPED[name])
 
 
-def test_shipped_ruler_needle_checkpoint_finds_the_needle(books):
-    """checkpoints/rmt-ruler-niah (configs/rmt-ruler-niah.yaml, then -long.yaml; benchmarks/results/ruler_rmt):
-    on 32 held-out niah_single_2 samples at 2,048 tokens with the needle in the first segment, so that the
-    answer can only come through the memory, it finds the value (measured 1.00 at 4k-64k on 100 random-depth
-    samples; chance 1/32)."""
+def _text_task_accuracy(name, variant, length, n, books=None, **knobs):
+    """Held-out samples of a RULER variant (memlab eval's seeds), streamed through a shipped checkpoint; returns
+    (model, whole-sample exact-match accuracy, samples scored)."""
     import torch
 
     from memlab.stream import unroll
@@ -36,13 +34,23 @@ def test_shipped_ruler_needle_checkpoint_finds_the_needle(books):
     from memlab.tasks.variants import TokenTextTask
     from memlab.train import pad_batch
 
-    model, tok, _ = load_checkpoint(ROOT / "checkpoints" / "rmt-ruler-niah")
-    task = TokenTextTask("ruler-niah_single_2", tok, load_haystack([str(b) for b in books]).sentences(), seed_base=2**31)
-    task.kw["depth"] = 0.0
-    x, y = pad_batch(*zip(*(task.tokens(2048, s) for s in range(32))))
+    model, tok, _ = load_checkpoint(ROOT / "checkpoints" / name)
+    sentences = load_haystack([str(b) for b in books]).sentences() if books else None
+    task = TokenTextTask(f"ruler-{variant}", tok, sentences, seed_base=2**31)
+    task.kw.update(knobs)
+    x, y = pad_batch(*zip(*(task.tokens(length, s) for s in range(n))))
     with torch.no_grad():
-        _, acc, n = unroll(model.eval(), x, y)
-    assert n == 32 and float(acc) >= 0.9, float(acc)
+        _, acc, count = unroll(model.eval(), x, y, per_sample=True)
+    return model, float(acc), count
+
+
+def test_shipped_ruler_needle_checkpoint_finds_the_needle(books):
+    """checkpoints/rmt-ruler-niah (configs/rmt-ruler-niah.yaml, then -long.yaml; benchmarks/results/ruler_rmt):
+    on 32 held-out niah_single_2 samples at 2,048 tokens with the needle in the first segment, so that the
+    answer can only come through the memory, it finds the value (measured 1.00 at 4k-64k on 100 random-depth
+    samples; chance 1/32)."""
+    _, acc, n = _text_task_accuracy("rmt-ruler-niah", "niah_single_2", 2048, 32, books, depth=0.0)
+    assert n == 32 and acc >= 0.9, acc
 
 
 def test_shipped_ruler_multikey_checkpoint_picks_the_asked_key(books):
@@ -50,19 +58,8 @@ def test_shipped_ruler_multikey_checkpoint_picks_the_asked_key(books):
     benchmarks/results/ruler_rmt): on 32 held-out niah_multikey samples at 1,024 tokens (8 segments), it names the
     value of the asked key among four needles in at least 0.45 of them (measured 0.68 [0.58, 0.76] on 100; a model
     that copies a needle's value without the key match scores ~0.25, as the answer-loss-only recipe did: 0.26)."""
-    import torch
-
-    from memlab.stream import unroll
-    from memlab.tasks.text import load_haystack
-    from memlab.tasks.variants import TokenTextTask
-    from memlab.train import pad_batch
-
-    model, tok, _ = load_checkpoint(ROOT / "checkpoints" / "rmt-ruler-multikey")
-    task = TokenTextTask("ruler-niah_multikey", tok, load_haystack([str(b) for b in books]).sentences(), seed_base=2**31)
-    x, y = pad_batch(*zip(*(task.tokens(1024, s) for s in range(32))))
-    with torch.no_grad():
-        _, acc, n = unroll(model.eval(), x, y, per_sample=True)
-    assert n == 32 and float(acc) >= 0.45, float(acc)
+    _, acc, n = _text_task_accuracy("rmt-ruler-multikey", "niah_multikey", 1024, 32, books)
+    assert n == 32 and acc >= 0.45, acc
 
 
 def test_shipped_ruler_mix_checkpoint_recovers_four_values(books):
@@ -70,19 +67,8 @@ def test_shipped_ruler_mix_checkpoint_recovers_four_values(books):
     niah_multivalue samples at 4,096 tokens (32 segments), it names all four values of the asked key, in order,
     in at least half of them (measured 0.72 [0.58, 0.83] on 50; a sample is right only when all four words are,
     chance ~1e-6)."""
-    import torch
-
-    from memlab.stream import unroll
-    from memlab.tasks.text import load_haystack
-    from memlab.tasks.variants import TokenTextTask
-    from memlab.train import pad_batch
-
-    model, tok, _ = load_checkpoint(ROOT / "checkpoints" / "rmt-ruler-mix")
-    task = TokenTextTask("ruler-niah_multivalue", tok, load_haystack([str(b) for b in books]).sentences(), seed_base=2**31)
-    x, y = pad_batch(*zip(*(task.tokens(4096, s) for s in range(16))))
-    with torch.no_grad():
-        _, acc, n = unroll(model.eval(), x, y, per_sample=True)
-    assert n == 16 and float(acc) >= 0.5, float(acc)
+    _, acc, n = _text_task_accuracy("rmt-ruler-mix", "niah_multivalue", 4096, 16, books)
+    assert n == 16 and acc >= 0.5, acc
 
 
 def test_shipped_sleep_checkpoint_tracks_a_variable_chain_through_its_fast_weights():
@@ -90,16 +76,6 @@ def test_shipped_sleep_checkpoint_tracks_a_variable_chain_through_its_fast_weigh
     at 512 tokens, eight 64-token chunks with hard eviction (only the fast weights cross a chunk), it names all
     five variables of the chain in order in at least 0.8 of them (measured 0.99 [0.95, 1.00] on 100 with N = 0-8
     passes; a sample is right only when all five words are)."""
-    import torch
-
-    from memlab.stream import unroll
-    from memlab.tasks.variants import TokenTextTask
-    from memlab.train import pad_batch
-
-    model, tok, _ = load_checkpoint(ROOT / "checkpoints" / "sleep-vt")
+    model, acc, n = _text_task_accuracy("sleep-vt", "vt", 512, 16)
     assert model.config.kind == "sleep" and model.config.segment_len == 64
-    task = TokenTextTask("ruler-vt", tok, None, seed_base=2**31)
-    x, y = pad_batch(*zip(*(task.tokens(512, s) for s in range(16))))
-    with torch.no_grad():
-        _, acc, n = unroll(model.eval(), x, y, per_sample=True)
-    assert n == 16 and float(acc) >= 0.8, float(acc)
+    assert n == 16 and acc >= 0.8, acc
