@@ -16,7 +16,7 @@ from .metrics import wilson_interval
 from .models.base import state_nbytes
 from .report import format_bytes
 from .store import Cell, ResultStore
-from .stream import model_device, stream
+from .stream import add_numbers, model_device, stream
 
 
 class BudgetError(RuntimeError):
@@ -263,16 +263,20 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
         pred = res.logits[:, 0].argmax(-1)
         correct += sum(int(p) == s.answer for p, s in zip(pred.tolist(), samples))
         state_bytes = state_nbytes(res.state) // len(samples)
-        for k, v in res.totals.items():  # e.g. the sleep model's FLOPs of prediction and of consolidation
-            totals[k] = totals.get(k, 0) + v
+        add_numbers(totals, res.totals)  # e.g. the sleep model's FLOPs of prediction and of consolidation
         del tokens, res
     secs = time.perf_counter() - t0
     lo, hi = wilson_interval(correct, n)
     extra = {"seed": spec.seed, **({"estimate": estimate} if estimate else {})}  # the seed: which samples these are
-    extra.update({f"{k}_per_sample": v / n for k, v in totals.items() if k.startswith("flops")})
+    extra.update(flops_per_sample(totals, n))
     if device.type == "cuda":  # the time and memory of this cell are the GPU's, not this CPU's
         extra.update({"device": torch.cuda.get_device_name(device), "peak_device_bytes": torch.cuda.max_memory_allocated(device)})
     return Cell(name, task_name, length, n, correct / n, lo, hi, secs, secs / n, n * length / secs, state_bytes, _peak_rss(), "ok", None, extra)
+
+
+def flops_per_sample(totals: dict, n: int) -> dict:
+    """The FLOPs counts a model reported (summed over a cell's samples), per sample, for the cell's extra."""
+    return {f"{k}_per_sample": v / n for k, v in totals.items() if k.startswith("flops")}
 
 
 def model_name(checkpoint_dir) -> str:
@@ -347,12 +351,11 @@ def evaluate_token_text(name: str, model, tokenizer, variants: list[str], length
                 res = stream(model, np.asarray([ids]), pos)
                 correct += res.logits[0].argmax(-1).tolist() == [targets[j] for j in pos]
                 state_bytes, toks = state_nbytes(res.state), toks + len(ids)
-                for k, v in res.totals.items():  # e.g. the sleep model's FLOPs of prediction and of consolidation
-                    totals[k] = totals.get(k, 0) + v
+                add_numbers(totals, res.totals)
             secs = time.perf_counter() - t0
             lo, hi = wilson_interval(correct, samples)
             extra = {"seed": seed, **({"estimate": est} if est else {})}
-            extra.update({f"{k}_per_sample": v / samples for k, v in totals.items() if k.startswith("flops")})
+            extra.update(flops_per_sample(totals, samples))
             cell = store.put(Cell(name, task_name, length, samples, correct / samples, lo, hi, secs, secs / samples,
                                   toks / secs, state_bytes, _peak_rss(), "ok", None, extra))
             log(f"{name} {task_name} {length}: accuracy {cell.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={samples} "

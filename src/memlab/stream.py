@@ -118,7 +118,8 @@ class StreamResult:
     totals: dict = field(default_factory=dict)  # numbers the model reports in aux (e.g. FLOPs), summed over segments
 
 
-def _add_numbers(totals: dict, aux: dict) -> None:
+def add_numbers(totals: dict, aux: dict) -> None:
+    """Add the numbers of `aux` (e.g. FLOPs a model reports) into `totals`, key by key."""
     for k, v in aux.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             totals[k] = totals.get(k, 0) + v
@@ -161,7 +162,7 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
                                     **({"keep": []} if keep_ok else {}))
             compiled_once = True
             state = out.state
-            _add_numbers(totals, out.aux)
+            add_numbers(totals, out.aux)
             continue
         if keep_ok:
             out = model(get(s, e), state, return_logits=False, keep=idx)
@@ -170,7 +171,7 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
             out = model(get(s, e), state, return_logits=False)
             hidden = out.hidden[:, idx]
         state = out.state
-        _add_numbers(totals, out.aux)
+        add_numbers(totals, out.aux)
         if idx:
             kept.append(model.logits(hidden))
     logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size, device=device)
