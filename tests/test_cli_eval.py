@@ -226,6 +226,19 @@ def test_eval_interrupted_sweep_resumes(ckpts, book, tmp_path, evaluated, monkey
             assert a.get("rmt", "babilong:qa1", n).accuracy == b.get("rmt", "babilong:qa1", n).accuracy
 
 
+def test_eval_logs_progress_inside_a_cell(ckpts, book, tmp_path, monkeypatch):
+    """A long cell reports how far it has got while it runs, so a run cut short still tells its throughput."""
+    real = memlab.evaluate.progress_logger
+    monkeypatch.setattr(memlab.evaluate, "progress_logger", lambda *a, **k: real(*a, **{**k, "every": 0.0}))
+    code, out, err = run(*eval_args(ckpts["rmt"], tmp_path / "r.sqlite", book, lengths="400"))
+    assert code == 0, err
+    for batch in ("samples 0-1", "samples 2-3"):  # 4 samples in batches of 2
+        lines = [l for l in err.splitlines() if f"rmt babilong:qa1 400: {batch}: " in l and "tokens/s over the batch of 2" in l]
+        done = [int(l.split(": ")[-1].split(" of ")[0].replace(",", "")) for l in lines]
+        total = {int(l.split(" of ")[1].split(" ")[0].replace(",", "")) for l in lines}
+        assert len(done) >= 2 and done == sorted(set(done)) and total == {done[-1]} and done[-1] >= 400
+
+
 def test_preflight_refuses_over_the_time_budget_and_force_runs(ckpts, book, tmp_path):
     store = tmp_path / "r.sqlite"
     args = eval_args(ckpts["transformer"], store, book, "--time-budget", "0.001", lengths="400")

@@ -211,7 +211,7 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
                 hay = TokenizedHaystack(tokenizer, load_haystack(spec.haystack or None))
             if bt is None:
                 bt = BabilongTask(task, task_questions(spec, task), tokenizer, hay)
-            cell = store.put(run_cell(name, task_name, bt, model, length, n, spec, est))  # stored: `created` set
+            cell = store.put(run_cell(name, task_name, bt, model, length, n, spec, est, log=log))  # stored: `created` set
             log(f"{name} {task_name} {length}: accuracy {cell.accuracy:.3f} [{cell.ci_low:.3f}, {cell.ci_high:.3f}] "
                 f"n={n} {cell.tokens_per_s:.0f} tok/s state {cell.state_bytes} B")
             on_cell and on_cell(cell)
@@ -249,7 +249,22 @@ def _my_cells():
         k += 1
 
 
-def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: dict | None = None) -> Cell:
+def progress_logger(label: str, log, every: float = 60.0, batch: int = 1):
+    """A `stream(progress=...)` callback that logs how far a long cell has got, at most once per `every` seconds:
+    a cell cut short (a time limit, a lent machine given back) still tells its throughput."""
+    t0 = last = time.perf_counter()
+
+    def report(done: int, total: int):
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= every:
+            last = now
+            log(f"{label}: {done:,} of {total:,} tokens ({100 * done / total:.0f}%) after {now - t0:.0f} s, "
+                f"{batch * done / (now - t0):,.0f} tokens/s over the batch of {batch}")
+    return report
+
+
+def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: dict | None = None, log=None) -> Cell:
     _reset_peak_rss()
     device = model_device(model)
     if device.type == "cuda":
@@ -259,7 +274,10 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
         # lazy samples: the runner reads them a segment at a time, so memory stays flat in length
         samples = [bt.sample(length, _sample_seed(spec, i), lazy=True) for i in range(b, min(b + spec.batch_size, n))]
         tokens = [s.tokens for s in samples]
-        res = stream(model, tokens, [len(tokens[0]) - 1], compile=spec.compile and getattr(model, "fixed_state", False))
+        progress = progress_logger(f"{name} {task_name} {length}: samples {b}-{b + len(samples) - 1}", log,
+                                   batch=len(samples)) if log else None
+        res = stream(model, tokens, [len(tokens[0]) - 1], compile=spec.compile and getattr(model, "fixed_state", False),
+                     progress=progress)
         pred = res.logits[:, 0].argmax(-1)
         correct += sum(int(p) == s.answer for p, s in zip(pred.tolist(), samples))
         state_bytes = state_nbytes(res.state) // len(samples)

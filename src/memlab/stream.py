@@ -126,12 +126,14 @@ def add_numbers(totals: dict, aux: dict) -> None:
 
 
 @torch.inference_mode()
-def stream(model, tokens, positions, segment_len: int | None = None, state=None, compile: bool = False) -> StreamResult:
+def stream(model, tokens, positions, segment_len: int | None = None, state=None, compile: bool = False,
+           progress=None) -> StreamResult:
     """Run `tokens` ([B, L], numpy or torch, or a list of B rows read a segment at a time, see `_slicer`) through
     `model` segment by segment and keep the logits at `positions` (indices into L, shared by the batch) only: a
     million-token sample never materialises more than one segment of hidden states.
     compile: run the full-length segments that hold no kept position (all but a few) through
-    `compiled_forward(model)`; the first call per batch size compiles (seconds to tens of seconds)."""
+    `compiled_forward(model)`; the first call per batch size compiles (seconds to tens of seconds).
+    progress: called as progress(tokens_done, L) after every segment (on a GPU, the segments queued so far)."""
     device = model_device(model)
     B, L, get = _slicer(tokens, device)
     seg = segment_len or model.config.segment_len
@@ -163,6 +165,8 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
             compiled_once = True
             state = out.state
             add_numbers(totals, out.aux)
+            if progress:
+                progress(e, L)
             continue
         if keep_ok:
             out = model(get(s, e), state, return_logits=False, keep=idx)
@@ -174,6 +178,8 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
         add_numbers(totals, out.aux)
         if idx:
             kept.append(model.logits(hidden))
+        if progress:
+            progress(e, L)
     logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size, device=device)
     return StreamResult(logits.float(), state, L, totals)
 
