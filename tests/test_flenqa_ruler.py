@@ -148,6 +148,38 @@ def test_ruler_variable_tracking_chain_resolves_to_the_answer():
         assert len(s.answers) == 4
 
 
+def test_ruler_variable_tracking_value_question_composes_every_hop_of_a_shuffled_chain():
+    """ask="value": one answer word, the value the asked last variable resolves to through all n_hops; with
+    order="shuffled" some assignment comes before the one it reads from (no left-to-right resolution); the
+    default RULER form's samples are unchanged by the new knobs."""
+    t = RulerTask("vt", n_chains=2, n_hops=4, ask="value", order="shuffled")
+    out_of_order = 0
+    for seed in range(20):
+        s = t.sample(128, seed, depth=0.0)
+        assert s.needle_token_spans[0][0] == 0 and len(s.answers) == 1
+        asked = re.search(r"value of VAR (\w+)", s.question).group(1)
+        lines = re.findall(r"VAR (\w+) = (?:VAR )?(\w+)\.", s.text)
+        assign = dict(lines)
+        hops, v = 0, asked
+        while v in assign:
+            v, hops = assign[v], hops + 1
+        assert hops == 5 and [v] == s.answers  # 4 hops, then the value itself
+        seen = set()
+        for name, src in lines:
+            out_of_order += src in assign and src not in seen
+            seen.add(name)
+    assert out_of_order > 20
+    chain = RulerTask("vt", n_chains=2, n_hops=4, ask="value").sample(128, 0, depth=0.0)
+    order = [name for name, _ in re.findall(r"VAR (\w+) = (?:VAR )?(\w+)\.", chain.text)]
+    assert all(order.index(src) < order.index(name) for name, src in re.findall(r"VAR (\w+) = VAR (\w+)\.", chain.text))
+    assert RulerTask("vt", n_chains=2, n_hops=3).sample(1200, 4).text == RulerTask(
+        "vt", n_chains=2, n_hops=3, ask="variables", order="chain").sample(1200, 4).text
+    with pytest.raises(ValueError, match="ask must be"):
+        RulerTask("vt", ask="values")
+    with pytest.raises(ValueError, match="order must be"):
+        RulerTask("vt", order="random")
+
+
 def test_ruler_common_words_are_the_most_common(book_sentences):
     s = RulerTask("cwe", book_sentences).sample(6000, 2)
     items = re.findall(r"\d+\. (\w+)", s.text)

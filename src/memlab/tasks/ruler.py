@@ -15,7 +15,11 @@ Tasks:
   the text (`query_order="text"`), so the answers can be read off in order without matching a key;
   `query_order="random"` lists them shuffled, and the answers follow the question's order: each one needs its key.
 - `vt` (variable tracking): `n_chains` chains of `n_hops` assignments "VAR B = VAR A." after "VAR A = VALUE.";
-  the answer is every variable of the asked chain.
+  the answer is every variable of the asked chain (`ask="variables"`, RULER's form). Read in order, each answer
+  word is one look-up from the one before it. `ask="value"` asks instead the value of the asked chain's last
+  variable, one word that needs all `n_hops` look-ups composed (multi-hop retrieval); `order="shuffled"` gives the
+  assignments in a random order (each chain's otherwise stays in order), so a single left-to-right read cannot
+  resolve the chain as it goes.
 - `cwe` (common words extraction): a numbered word list in which `n_common` words appear `freq_common` times and
   the others `freq_uncommon` times; the answer is the common words. The list fills the length (no noise); its rare
   words come from a built-in list, then from the haystack sentences' words when given.
@@ -53,7 +57,7 @@ DEFAULTS = {
     "niah_multikey": {"noise": "book", "n_keys": 4, "key_pool": len(KEYS)},
     "niah_multivalue": {"noise": "book", "n_values": 4},
     "niah_multiquery": {"noise": "book", "n_queries": 4, "query_order": "text"},
-    "vt": {"noise": "repeat", "n_chains": 1, "n_hops": 4},
+    "vt": {"noise": "repeat", "n_chains": 1, "n_hops": 4, "ask": "variables", "order": "chain"},
     "cwe": {"n_common": 10, "freq_common": 30, "freq_uncommon": 3},
 }
 
@@ -81,6 +85,10 @@ class RulerTask:
         k = self.knobs
         if k.get("query_order", "text") not in ("text", "random"):
             raise ValueError(f"query_order must be 'text' or 'random', got {k['query_order']!r}")
+        if k.get("ask", "variables") not in ("variables", "value"):
+            raise ValueError(f"ask must be 'variables' or 'value', got {k['ask']!r}")
+        if k.get("order", "chain") not in ("chain", "shuffled"):
+            raise ValueError(f"order must be 'chain' or 'shuffled', got {k['order']!r}")
         if k.get("noise", "repeat") not in ("repeat", "book"):
             raise ValueError(f"noise must be 'repeat' or 'book', got {k['noise']!r}")
         if k.get("noise") == "book" and not haystack_sentences:
@@ -136,7 +144,11 @@ class RulerTask:
             for c in order:
                 needles.append(chains[c][pos[c]])
                 pos[c] += 1
+            if k["order"] == "shuffled":
+                needles = [needles[i] for i in rng.permutation(len(needles))]
             ask = int(rng.integers(k["n_chains"]))
+            if k["ask"] == "value":
+                return needles, f"What is the value of VAR {names[ask][-1]} in the text above?", [str(values[ask])]
             return (needles, f"Find all variables that are assigned the value {values[ask]} in the text above.",
                     [str(x) for x in names[ask]])
         raise AssertionError(t)
