@@ -174,6 +174,11 @@ def test_ruler_variable_tracking_value_question_composes_every_hop_of_a_shuffled
     assert all(order.index(src) < order.index(name) for name, src in re.findall(r"VAR (\w+) = VAR (\w+)\.", chain.text))
     assert RulerTask("vt", n_chains=2, n_hops=3).sample(1200, 4).text == RulerTask(
         "vt", n_chains=2, n_hops=3, ask="variables", order="chain").sample(1200, 4).text
+    direct = RulerTask("vt", n_chains=2, n_hops=0, ask="value").sample(64, 1)  # 0 hops: the value asked directly
+    asked = re.search(r"value of VAR (\w+)", direct.question).group(1)
+    assert [dict(re.findall(r"VAR (\w+) = (\w+)\.", direct.text))[asked]] == direct.answers
+    with pytest.raises(ValueError, match=r"n_hops must be an integer in \[1,"):
+        RulerTask("vt", n_hops=0)  # the RULER form needs a hop
     with pytest.raises(ValueError, match="ask must be"):
         RulerTask("vt", ask="values")
     with pytest.raises(ValueError, match="order must be"):

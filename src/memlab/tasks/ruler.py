@@ -96,8 +96,9 @@ class RulerTask:
         limits = {"n_keys": len(KEYS), "n_values": len(VALUES), "n_queries": len(KEYS), "value_words": 4,
                   "n_hops": len(VARIABLES) - 1, "n_chains": len(VALUES), "n_common": len(WORDS) // 2, "key_pool": len(KEYS)}
         for name, hi in limits.items():
-            if name in k and not (isinstance(k[name], int) and 1 <= k[name] <= hi):
-                raise ValueError(f"{name} must be an integer in [1, {hi}], got {k[name]!r}")
+            lo = 0 if (name == "n_hops" and k.get("ask") == "value") else 1  # 0 hops: "VAR A = VALUE.", asked directly
+            if name in k and not (isinstance(k[name], int) and lo <= k[name] <= hi):
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {k[name]!r}")
         if task == "niah_multikey" and k["n_keys"] > k["key_pool"]:
             raise ValueError(f"niah_multikey: n_keys = {k['n_keys']} distinct keys cannot come from a key_pool of "
                              f"{k['key_pool']}; use key_pool >= n_keys")
