@@ -17,9 +17,9 @@ Tasks:
 - `vt` (variable tracking): `n_chains` chains of `n_hops` assignments "VAR B = VAR A." after "VAR A = VALUE.";
   the answer is every variable of the asked chain (`ask="variables"`, RULER's form). Read in order, each answer
   word is one look-up from the one before it. `ask="value"` asks instead the value of the asked chain's last
-  variable, one word that needs all `n_hops` look-ups composed (multi-hop retrieval); `order="shuffled"` gives the
-  assignments in a random order (each chain's otherwise stays in order), so a single left-to-right read cannot
-  resolve the chain as it goes.
+  variable, one word that needs all `n_hops` look-ups composed (multi-hop retrieval; `n_hops` = 0 asks a value
+  directly). `order="shuffled"` puts the assignments in a random order (by default each chain keeps its own), so a
+  single left-to-right read cannot resolve a chain as it goes.
 - `cwe` (common words extraction): a numbered word list in which `n_common` words appear `freq_common` times and
   the others `freq_uncommon` times; the answer is the common words. The list fills the length (no noise); its rare
   words come from a built-in list, then from the haystack sentences' words when given.
