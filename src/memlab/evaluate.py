@@ -335,6 +335,15 @@ def evaluate_text(name: str, lm, tasks, lengths, samples: int, seed: int, store:
             on_cell and on_cell(cell)
 
 
+def answer_token_text(model, ids: list[int], targets: list[int]):
+    """One text sample in memlab tokens (`TokenTextTask.encode`) streamed through `model` at batch 1 ->
+    (every answer word right, the predicted ids at the answer positions, the stream result)."""
+    pos = [j for j, t in enumerate(targets) if t != -100]
+    res = stream(model, np.asarray([ids]), pos)
+    pred = res.logits[0].argmax(-1).tolist()
+    return pred == [targets[j] for j in pos], pred, res
+
+
 def evaluate_token_text(name: str, model, tokenizer, variants: list[str], lengths, samples: int, seed: int, store: ResultStore,
                         sentences=None, time_budget: float = 900.0, force: bool = False, log=print, on_cell=None):
     """A memlab checkpoint on FLenQA / RULER variants (names like 'ruler-niah_single_2') in its own tokens: the text
@@ -365,9 +374,8 @@ def evaluate_token_text(name: str, model, tokenizer, variants: list[str], length
             t0, correct, state_bytes, toks, totals = time.perf_counter(), 0, 0, 0, {}
             for i in range(samples):
                 ids, targets = task.tokens(length, sample_seed(seed, i))
-                pos = [j for j, t in enumerate(targets) if t != -100]
-                res = stream(model, np.asarray([ids]), pos)
-                correct += res.logits[0].argmax(-1).tolist() == [targets[j] for j in pos]
+                right, _, res = answer_token_text(model, ids, targets)
+                correct += right
                 state_bytes, toks = state_nbytes(res.state), toks + len(ids)
                 add_numbers(totals, res.totals)
             secs = time.perf_counter() - t0

@@ -81,13 +81,17 @@ class TokenTextTask:
 
     def tokens(self, length: int, seed: int) -> tuple[list[int], list[int]]:
         """(tokens, targets): targets -100 except at the answer positions."""
+        return self.encode(self.tokenizer, self.text_sample(length, seed), self.name)
+
+    @classmethod
+    def encode(cls, tokenizer, sample, name: str = "task") -> tuple[list[int], list[int]]:
+        """A text sample (FLenQA or RULER) in memlab tokens -> (tokens, targets), as `tokens` makes them."""
         from .text import UNK_ID
 
-        s = self.text_sample(length, seed)
-        ids = self.tokenizer.encode(s.text)
-        answer = self.tokenizer.encode(" ".join(self.answers(s)))
+        ids = tokenizer.encode(sample.text)
+        answer = tokenizer.encode(" ".join(cls.answers(sample)))
         if UNK_ID in answer:
-            raise ValueError(f"{self.name}: answer {self.answers(s)} has words the tokenizer lacks; build the tokenizer "
+            raise ValueError(f"{name}: answer {cls.answers(sample)} has words the tokenizer lacks; build the tokenizer "
                              "with the task's words (memlab train does)")
         return ids + answer[:-1], [-100] * (len(ids) - 1) + answer
 
