@@ -326,3 +326,23 @@ def test_analyses_page_reads_every_committed_result_file():
     titles = [s.title for s in sections(res)]
     for expected in ("What recurrent memory keeps", "FLenQA", "Every shipped model on the demo's samples"):
         assert any(t.startswith(expected) for t in titles), (expected, titles)
+
+
+def test_analyses_page_has_a_flenqa_section_per_curve(tmp_path):
+    """benchmarks/flenqa_curve.py writes flenqa_curve.json for a Hugging Face model and flenqa_curve_<name>.json
+    for a memlab checkpoint (--checkpoint): the analyses page shows each, with its own plot and mean by length."""
+    import json
+
+    from memlab.analysis.pages import sections
+
+    rows = lambda accs: [{"task": "flenqa:pir-similar-random", "length": n, "samples": 32, "accuracy": a}  # noqa: E731
+                         for n, a in accs]
+    (tmp_path / "flenqa_curve.json").write_text(json.dumps({"model": "smollm2", "mode": "likelihood",
+                                                            "rows": rows([(250, 0.5)])}))
+    (tmp_path / "flenqa_curve_rmt-flenqa.json").write_text(json.dumps({"checkpoint": "runs/rmt-flenqa",
+                                                                       "rows": rows([(250, 1.0), (250, 0.5), (500, 0.75)])}))
+    found = {s.title: s for s in sections(tmp_path)}
+    assert set(found) == {"FLenQA: smollm2 (likelihood)", "FLenQA: memlab checkpoint runs/rmt-flenqa"}
+    ours = found["FLenQA: memlab checkpoint runs/rmt-flenqa"]
+    assert ours.image == "flenqa_curve_rmt-flenqa.png"
+    assert ours.table[1:] == [["250", "2", "0.75"], ["500", "1", "0.75"]]

@@ -75,20 +75,25 @@ def _memory_keeps(d: Path) -> list[Section]:
 
 
 def _flenqa(d: Path) -> list[Section]:
-    r = _load(d, "flenqa_curve.json")
-    if r is None:
-        return []
-    s = Section(f"FLenQA: {r['model']} ({r['mode']})", _source("flenqa_curve.json", r), image="flenqa_curve.png")
-    by_len: dict = {}
-    for row in r["rows"]:
-        by_len.setdefault(row["length"], []).append(row["accuracy"])
-    s.table.append(["padding length (words)", "cells", "mean accuracy"])
-    for L in sorted(by_len):
-        s.table.append([f"{L:,}", str(len(by_len[L])), f"{sum(by_len[L]) / len(by_len[L]):.2f}"])
-    # older files say samples_per_cell; flenqa_curve.py writes the samples of each row
-    n = sorted({row["samples"] for row in r["rows"] if "samples" in row}) or [r.get("samples_per_cell", "?")]
-    s.notes.append(f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} samples per cell; chance is 0.50.")
-    return [s]
+    """FLenQA curves: flenqa_curve.json (a Hugging Face model) and flenqa_curve_<name>.json (memlab checkpoints)."""
+    out = []
+    for name in ["flenqa_curve.json", *sorted(p.name for p in d.glob("flenqa_curve_*.json"))]:
+        r = _load(d, name)
+        if r is None:
+            continue
+        who = f"{r['model']} ({r['mode']})" if "model" in r else f"memlab checkpoint {r['checkpoint']}"
+        s = Section(f"FLenQA: {who}", _source(name, r), image=name[:-5] + ".png")
+        by_len: dict = {}
+        for row in r["rows"]:
+            by_len.setdefault(row["length"], []).append(row["accuracy"])
+        s.table.append(["padding length (words)", "cells", "mean accuracy"])
+        for L in sorted(by_len):
+            s.table.append([f"{L:,}", str(len(by_len[L])), f"{sum(by_len[L]) / len(by_len[L]):.2f}"])
+        # older files say samples_per_cell; flenqa_curve.py writes the samples of each row
+        n = sorted({row["samples"] for row in r["rows"] if "samples" in row}) or [r.get("samples_per_cell", "?")]
+        s.notes.append(f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} samples per cell; chance is 0.50.")
+        out.append(s)
+    return out
 
 
 def _attention_cost(d: Path) -> list[Section]:
