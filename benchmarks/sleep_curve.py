@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import RESULTS, check_name, write_result  # noqa: E402
 
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.cli import _books_default  # noqa: E402
@@ -39,6 +39,7 @@ def main(argv=None):
     p.add_argument("--out", default="sleep_curve", help="result name under benchmarks/results/")
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "sleep_curve.sqlite"))
     a = p.parse_args(argv)
+    check_name(a.out)
     model, tok, _ = load_checkpoint(a.checkpoint)
     if model.config.kind != "sleep":
         raise SystemExit(f"{a.checkpoint} is a {model.config.kind!r} checkpoint; this benchmark needs a 'sleep' one")
@@ -80,6 +81,41 @@ def main(argv=None):
     for r in rows:
         print(r)
     print(write_result(a.out, {"checkpoint": a.checkpoint, "window": model.config.segment_len, "rows": rows}))
+    plot(rows, RESULTS / f"{a.out}.png", f"{base} (window {model.config.segment_len} tokens)")
+    print(RESULTS / f"{a.out}.png")
+
+
+def plot(rows, path, title):
+    """Accuracy (95% interval) against N, one line per task and length; the top axis gives the consolidation
+    FLOPs per sample of the first line's points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    lines = {}
+    for r in rows:
+        lines.setdefault((r["task"], r["length"]), []).append(r)
+    for (task, length), rs in sorted(lines.items()):
+        rs = sorted(rs, key=lambda r: r["passes"])
+        x = [r["passes"] for r in rs]
+        y = [r["accuracy"] for r in rs]
+        err = [[max(0.0, v - r["ci_low"]) for v, r in zip(y, rs)], [max(0.0, r["ci_high"] - v) for v, r in zip(y, rs)]]  # rounding
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{task.split(':')[-1]} @ {length:,}")
+    ax.set_xlabel("consolidation passes N per chunk")
+    ax.set_ylabel("accuracy (95% interval)")
+    ax.set_ylim(0, 1.02)
+    first = sorted(next(iter(sorted(lines.items())))[1], key=lambda r: r["passes"]) if lines else []
+    if first and first[0].get("flops_sleep_per_sample") is not None:
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([r["passes"] for r in first], [f"{r['flops_sleep_per_sample']:.2g}" for r in first], fontsize=7)
+        top.set_xlabel("consolidation FLOPs per sample (first line)", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -346,3 +346,28 @@ def test_analyses_page_has_a_flenqa_section_per_curve(tmp_path):
     ours = found["FLenQA: memlab checkpoint runs/rmt-flenqa"]
     assert ours.image == "flenqa_curve_rmt-flenqa.png"
     assert ours.table[1:] == [["250", "2", "0.75"], ["500", "1", "0.75"]]
+
+
+def test_analyses_page_has_a_sleep_section_per_shipped_curve(tmp_path):
+    """benchmarks/sleep_curve.py writes sleep_curve_<name>.json: the analyses page shows the curves of shipped
+    checkpoints (checkpoints/...), one row per task and length, one column per N with its interval, and the
+    consolidation FLOPs each N costs; the diagnostic runs' curves (runs/...) are left to their README."""
+    import json
+
+    from memlab.analysis.pages import sections
+
+    def row(task, n, acc, flops):
+        return {"task": task, "length": 128, "passes": n, "samples": 100, "accuracy": acc, "ci_low": acc - 0.1,
+                "ci_high": min(1.0, acc + 0.05), "flops_sleep_per_sample": flops}
+
+    rows = [row("ruler:vt_value_h3", 1, 0.72, 8e7), row("ruler:vt_value_h3", 4, 0.99, 3.2e8), row("ruler:vt_value_h4", 1, 0.62, 8e7)]
+    (tmp_path / "sleep_curve_sleep-vt-hops.json").write_text(json.dumps({"checkpoint": "checkpoints/sleep-vt-hops", "window": 64, "rows": rows}))
+    (tmp_path / "sleep_curve_diag.json").write_text(json.dumps({"checkpoint": "runs/diag", "window": 64, "rows": rows}))
+    (s,) = [s for s in sections(tmp_path) if s.title.startswith("Sleep")]
+    assert s.title == "Sleep: accuracy against consolidation passes, checkpoints/sleep-vt-hops"
+    assert s.image == "sleep_curve_sleep-vt-hops.png"
+    assert s.table == [["task @ length", "N=1", "N=4"],
+                       ["ruler:vt_value_h3 @ 128", "0.72 [0.62, 0.77]", "0.99 [0.89, 1.00]"],
+                       ["ruler:vt_value_h4 @ 128", "0.62 [0.52, 0.67]", "-"],
+                       ["consolidation FLOPs per sample (first row)", "8e+07", "3.2e+08"]]
+    assert "64 tokens" in s.notes[0] and "100 samples" in s.notes[0]

@@ -1,6 +1,6 @@
 """The analyses page of the report: `memlab report --analyses benchmarks/results` adds analyses.md and
 analyses.html beside the report, one section per benchmark result found there (retrieval heads, what memory
-keeps, the FLenQA curve, attention's cost curve, ReadAgent against its baselines, speed beside the peers,
+keeps, the FLenQA curve, the sleep model's accuracy against consolidation passes, attention's cost curve, ReadAgent against its baselines, speed beside the peers,
 streaming at scale, every shipped model on the demo's samples). Each section states its numbers from the result
 file (with its command and date) and shows its plot; a result that is absent is skipped."""
 from __future__ import annotations
@@ -92,6 +92,36 @@ def _flenqa(d: Path) -> list[Section]:
         # older files say samples_per_cell; flenqa_curve.py writes the samples of each row
         n = sorted({row["samples"] for row in r["rows"] if "samples" in row}) or [r.get("samples_per_cell", "?")]
         s.notes.append(f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} samples per cell; chance is 0.50.")
+        out.append(s)
+    return out
+
+
+def _sleep(d: Path) -> list[Section]:
+    """Accuracy against consolidation passes (benchmarks/sleep_curve.py) for the shipped sleep checkpoints: each
+    sleep_curve_*.json whose checkpoint lies under checkpoints/ (the other files are diagnostic runs' curves,
+    read in sleep_vt/README.md). One row per task and length, one column per N, and the FLOPs each N costs."""
+    out = []
+    for p in sorted(d.glob("sleep_curve_*.json")):
+        r = json.loads(p.read_text())
+        if not str(r.get("checkpoint", "")).replace("\\", "/").startswith("checkpoints/"):
+            continue
+        passes = sorted({row["passes"] for row in r["rows"]})
+        cells: dict = {}
+        for row in r["rows"]:
+            cells.setdefault((row["task"], row["length"]), {})[row["passes"]] = row
+        s = Section(f"Sleep: accuracy against consolidation passes, {r['checkpoint']}", _source(p.name, r),
+                    image=p.stem + ".png")
+        s.table.append(["task @ length", *(f"N={n}" for n in passes)])
+        for (task, length), by_n in sorted(cells.items()):
+            s.table.append([f"{task} @ {length:,}", *(f"{by_n[n]['accuracy']:.2f} [{by_n[n]['ci_low']:.2f}, "
+                                                       f"{by_n[n]['ci_high']:.2f}]" if n in by_n else "-" for n in passes)])
+        first = next(iter(sorted(cells.items())))[1]
+        if all("flops_sleep_per_sample" in first.get(n, {}) for n in passes):
+            s.table.append(["consolidation FLOPs per sample (first row)",
+                            *(f"{first[n]['flops_sleep_per_sample']:.2g}" for n in passes)])
+        n = sorted({row["samples"] for row in r["rows"]})
+        s.notes.append(f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} samples per cell, 95% Wilson intervals; "
+                       f"window (chunk) {r.get('window', '?')} tokens, evicted after its passes.")
         out.append(s)
     return out
 
@@ -222,7 +252,7 @@ def _side_by_side(d: Path) -> list[Section]:
                     table=table)]
 
 
-BUILDERS = (_retrieval, _memory_keeps, _flenqa, _attention_cost, _readagent, _peers, _scale, _side_by_side)
+BUILDERS = (_retrieval, _memory_keeps, _flenqa, _sleep, _attention_cost, _readagent, _peers, _scale, _side_by_side)
 
 
 def sections(results_dir) -> list[Section]:
