@@ -68,12 +68,29 @@ def cmd_train(a):
         print(json.dumps({"checkpoint": str(out), "final_eval": hist["eval"][-1] if hist["eval"] else None}))
 
 
+def _with_passes(a, loaded):
+    """--passes N: sleep checkpoints evaluated with N consolidation passes per chunk, named NAME@N=N in the store
+    (as benchmarks/sleep_curve.py does), so that cells of different N never mix."""
+    if a.passes is None:
+        return loaded
+    if a.passes < 0:
+        raise UserError(f"--passes must be >= 0 (consolidation passes per chunk; 0 = none), got {a.passes}")
+    for name, model, _ in loaded:
+        if model.config.kind != "sleep":
+            raise UserError(f"--passes applies to sleep checkpoints only; {name} is a {model.config.kind!r} checkpoint "
+                            "(leave --passes out, or evaluate it in a separate command)")
+        model.config.sleep_passes = a.passes
+    return [(f"{name}@N={a.passes}", model, tok) for name, model, tok in loaded]
+
+
 def cmd_eval(a):
     from .checkpoint import load_checkpoint
     from .evaluate import EvalSpec, check_lengths, evaluate_checkpoint, model_name
     from .store import ResultStore
     from .tasks.babilong import parse_lengths, parse_task_spec
 
+    if a.passes is not None and any(c.startswith(("readagent:", "hf:")) for c in a.checkpoints):
+        raise UserError("--passes applies to sleep checkpoints only, not to readagent:/hf: readers")
     if any(c.startswith("readagent:") for c in a.checkpoints):
         return _eval_readers(a)
     if a.task.split(":")[0].strip().lower() in ("flenqa", "ruler") or any(c.startswith("hf:") for c in a.checkpoints):
@@ -89,7 +106,7 @@ def cmd_eval(a):
 
     if not _device_ok(a.device):
         raise UserError(f"--{device_error(a.device)}")
-    loaded = [(model_name(c), *load_checkpoint(c)[:2]) for c in a.checkpoints]
+    loaded = _with_passes(a, [(model_name(c), *load_checkpoint(c)[:2]) for c in a.checkpoints])
     for _, model, _ in loaded:
         model.to(a.device)
     for (_, _, tok), c in zip(loaded, a.checkpoints):
@@ -125,7 +142,7 @@ def _eval_text(a):
         from .checkpoint import load_checkpoint
         from .evaluate import evaluate_token_text, model_name
 
-        loaded = [(model_name(c), *load_checkpoint(c)[:2]) for c in ours]
+        loaded = _with_passes(a, [(model_name(c), *load_checkpoint(c)[:2]) for c in ours])
         with ResultStore(a.store) as store:
             for name, model, tok in loaded:
                 if tok is None:
@@ -260,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--time-budget", type=float, default=900.0, help="seconds per cell before the preflight refuses it")
     e.add_argument("--force", action="store_true", help="run cells the preflight refuses")
     e.add_argument("--json", action="store_true", help="print one JSON object per cell")
+    e.add_argument("--passes", type=int, help="sleep checkpoints only: consolidation passes N per chunk (default: the "
+                   "checkpoint's sleep_passes); cells are stored as NAME@N=N")
     e.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the models stream")
     e.add_argument("--compile", action="store_true",
                    help="stream fixed-state models (rmt, armt, sleep, fam, titans mac/lmm) through torch.compile: ~2x faster after a compile of "
