@@ -371,3 +371,20 @@ def test_analyses_page_has_a_sleep_section_per_shipped_curve(tmp_path):
                        ["ruler:vt_value_h4 @ 128", "0.62 [0.52, 0.67]", "-"],
                        ["consolidation FLOPs per sample (first row)", "8e+07", "3.2e+08"]]
     assert "64 tokens" in s.notes[0] and "100 samples" in s.notes[0]
+
+
+def test_analyses_page_has_the_sleep_hops_probe(tmp_path):
+    """benchmarks/sleep_hops_probe.py's result: one table per length, hops from the value by N, the plot once."""
+    import json
+
+    from memlab.analysis.pages import sections
+
+    rows = [{"length": L, "passes": n, "depth": dp, "asked": 200, "accuracy": a}
+            for L in (128, 512) for n, dp, a in ((0, 0, 0.99), (0, 1, 0.6), (4, 0, 0.39), (4, 1, 0.56))]
+    (tmp_path / "sleep_hops_probe.json").write_text(json.dumps({"checkpoint": "checkpoints/sleep-vt-hops", "hops": 1,
+                                                                "rows": rows}))
+    found = [s for s in sections(tmp_path) if s.title.startswith("Sleep: what the passes")]
+    assert [s.title.split(", ")[-1] for s in found] == ["128 tokens", "512 tokens"] and found[0].image == "sleep_hops_probe.png"
+    assert found[1].image is None
+    assert found[0].table == [["hops from the value", "N=0", "N=4"], ["0", "0.99", "0.39"], ["1", "0.60", "0.56"]]
+    assert "200 questions" in found[0].notes[0]

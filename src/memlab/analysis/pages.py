@@ -1,6 +1,6 @@
 """The analyses page of the report: `memlab report --analyses benchmarks/results` adds analyses.md and
 analyses.html beside the report, one section per benchmark result found there (retrieval heads, what memory
-keeps, the FLenQA curve, the sleep model's accuracy against consolidation passes, attention's cost curve, ReadAgent against its baselines, speed beside the peers,
+keeps, the FLenQA curve, the sleep model's accuracy against consolidation passes and what the passes keep and drop, attention's cost curve, ReadAgent against its baselines, speed beside the peers,
 streaming at scale, every shipped model on the demo's samples). Each section states its numbers from the result
 file (with its command and date) and shows its plot; a result that is absent is skipped."""
 from __future__ import annotations
@@ -122,6 +122,27 @@ def _sleep(d: Path) -> list[Section]:
         n = sorted({row["samples"] for row in r["rows"]})
         s.notes.append(f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} samples per cell, 95% Wilson intervals; "
                        f"window (chunk) {r.get('window', '?')} tokens, evicted after its passes.")
+        out.append(s)
+    return out
+
+
+def _sleep_hops(d: Path) -> list[Section]:
+    """benchmarks/sleep_hops_probe.py: one memory asked about every variable of its chains after N passes; a table
+    per length, hops from the value (rows) by N (columns)."""
+    r = _load(d, "sleep_hops_probe.json")
+    if r is None:
+        return []
+    out = []
+    for L in sorted({row["length"] for row in r["rows"]}):
+        rows = [row for row in r["rows"] if row["length"] == L]
+        passes, depths = sorted({x["passes"] for x in rows}), sorted({x["depth"] for x in rows})
+        acc = {(x["depth"], x["passes"]): x["accuracy"] for x in rows}
+        s = Section(f"Sleep: what the passes keep and drop, {r['checkpoint']}, {L:,} tokens",
+                    _source("sleep_hops_probe.json", r), image="sleep_hops_probe.png" if L == min(x["length"] for x in r["rows"]) else None)
+        s.table.append(["hops from the value", *(f"N={n}" for n in passes)])
+        s.table += [[str(dp), *(_pct(acc.get((dp, n))) for n in passes)] for dp in depths]
+        s.notes.append(f"Chains of {r['hops']} hops; every variable of both chains asked ({rows[0]['asked']} questions "
+                       "per cell); 0 hops: the variable whose assignment names the value.")
         out.append(s)
     return out
 
@@ -252,7 +273,7 @@ def _side_by_side(d: Path) -> list[Section]:
                     table=table)]
 
 
-BUILDERS = (_retrieval, _memory_keeps, _flenqa, _sleep, _attention_cost, _readagent, _peers, _scale, _side_by_side)
+BUILDERS = (_retrieval, _memory_keeps, _flenqa, _sleep, _sleep_hops, _attention_cost, _readagent, _peers, _scale, _side_by_side)
 
 
 def sections(results_dir) -> list[Section]:
