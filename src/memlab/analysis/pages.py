@@ -1,8 +1,9 @@
 """The analyses page of the report: `memlab report --analyses benchmarks/results` adds analyses.md and
 analyses.html beside the report, one section per benchmark result found there (retrieval heads, what memory
-keeps, the FLenQA curve, the sleep model's accuracy against consolidation passes and what the passes keep and drop, attention's cost curve, ReadAgent against its baselines, speed beside the peers,
-streaming at scale, every shipped model on the demo's samples). Each section states its numbers from the result
-file (with its command and date) and shows its plot; a result that is absent is skipped."""
+keeps, the FLenQA curve, the sleep model's accuracy against consolidation passes and what its passes keep and
+drop, attention's cost curve, ReadAgent against its baselines, speed beside the peers, streaming at scale, every
+shipped model on the demo's samples). Each section states its numbers from the result file (with its command and
+date) and shows its plot; a result that is absent is skipped."""
 from __future__ import annotations
 
 import html
