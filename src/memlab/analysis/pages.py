@@ -133,13 +133,13 @@ def _sleep_hops(d: Path) -> list[Section]:
     r = _load(d, "sleep_hops_probe.json")
     if r is None:
         return []
-    out = []
-    for L in sorted({row["length"] for row in r["rows"]}):
+    out, lengths = [], sorted({row["length"] for row in r["rows"]})
+    for L in lengths:
         rows = [row for row in r["rows"] if row["length"] == L]
         passes, depths = sorted({x["passes"] for x in rows}), sorted({x["depth"] for x in rows})
         acc = {(x["depth"], x["passes"]): x["accuracy"] for x in rows}
-        s = Section(f"Sleep: what the passes keep and drop, {r['checkpoint']}, {L:,} tokens",
-                    _source("sleep_hops_probe.json", r), image="sleep_hops_probe.png" if L == min(x["length"] for x in r["rows"]) else None)
+        s = Section(f"Sleep: what the passes keep and drop, {r['checkpoint']}, {L:,} tokens",  # one plot holds all lengths
+                    _source("sleep_hops_probe.json", r), image="sleep_hops_probe.png" if L == lengths[0] else None)
         s.table.append(["hops from the value", *(f"N={n}" for n in passes)])
         s.table += [[str(dp), *(_pct(acc.get((dp, n))) for n in passes)] for dp in depths]
         s.notes.append(f"Chains of {r['hops']} hops; every variable of both chains asked ({rows[0]['asked']} questions "
