@@ -18,7 +18,7 @@ from common import RESULTS, check_name, write_result  # noqa: E402
 
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.cli import _books_default  # noqa: E402
-from memlab.evaluate import EvalSpec, evaluate_checkpoint, model_name  # noqa: E402
+from memlab.evaluate import EvalSpec, evaluate_checkpoint, model_name, with_passes  # noqa: E402
 from memlab.store import ResultStore  # noqa: E402
 from memlab.tasks.babilong import parse_lengths  # noqa: E402
 
@@ -71,8 +71,7 @@ def main(argv=None):
     rows = []
     with ResultStore(a.store) as store:
         for n in passes:
-            model.config.sleep_passes = n  # evaluation mode uses sleep_passes for every chunk
-            run(f"{base}@N={n}", store)
+            run(with_passes(base, model, n), store)
         for c in store.cells():
             if c.model.startswith(base + "@N="):
                 rows.append({"passes": int(c.model.split("=")[-1]), "task": c.task, "length": c.length, "samples": c.samples,

@@ -13,6 +13,7 @@ passes, inside one memory state, rather than across separately trained tasks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -67,7 +68,7 @@ def probe_items(tokenizer, hops: int, length: int, samples: int):
             raise AssertionError(f"seed {2**31 + i}: asked {asked_var} is {depths[asked_var]}, expected ({hops}, {s.answers})")
         for var, (depth, value) in depths.items():
             q = re.sub(r"VAR \w+", f"VAR {var}", s.question, count=1)
-            asked = type(s)(**{**s.__dict__, "text": body + q, "question": q, "answers": [value]})
+            asked = dataclasses.replace(s, text=body + q, question=q, answers=[value])
             ids, targets = TokenTextTask.encode(tokenizer, asked, "vt probe")
             items.append((depth, ids, targets))
     return items

@@ -69,18 +69,18 @@ def cmd_train(a):
 
 
 def _with_passes(a, loaded):
-    """--passes N: sleep checkpoints evaluated with N consolidation passes per chunk, named NAME@N=N in the store
-    (as benchmarks/sleep_curve.py does), so that cells of different N never mix."""
+    """--passes N: sleep checkpoints evaluated with N consolidation passes per chunk (cells named NAME@N=N)."""
     if a.passes is None:
         return loaded
     if a.passes < 0:
         raise UserError(f"--passes must be >= 0 (consolidation passes per chunk; 0 = none), got {a.passes}")
+    from .evaluate import with_passes
+
     for name, model, _ in loaded:
         if model.config.kind != "sleep":
             raise UserError(f"--passes applies to sleep checkpoints only; {name} is a {model.config.kind!r} checkpoint "
                             "(leave --passes out, or evaluate it in a separate command)")
-        model.config.sleep_passes = a.passes
-    return [(f"{name}@N={a.passes}", model, tok) for name, model, tok in loaded]
+    return [(with_passes(name, model, a.passes), model, tok) for name, model, tok in loaded]
 
 
 def cmd_eval(a):

@@ -301,6 +301,13 @@ def model_name(checkpoint_dir) -> str:
     return Path(checkpoint_dir).resolve().name
 
 
+def with_passes(name: str, model, n: int) -> str:
+    """Set a sleep model to n consolidation passes per chunk at evaluation; returns the store name of its cells,
+    NAME@N=n, so that cells of different N never share a key (the report labels its points by it)."""
+    model.config.sleep_passes = n
+    return f"{name}@N={n}"
+
+
 def evaluate_text(name: str, lm, tasks, lengths, samples: int, seed: int, store: ResultStore, log=print, on_cell=None):
     """A prompted LM (memlab.lm.PromptedLM) on text tasks: tasks = [(spec name, task object, sample kwargs)].
     FLenQA is scored by likelihood (True against False); RULER by string match of a greedy reply (the share of
