@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_result  # noqa: E402
 
-from memlab.analysis.retrieval_heads import greedy_with_heads, install  # noqa: E402
+from memlab.analysis.retrieval_heads import greedy_with_heads, install, retrieval_scores  # noqa: E402
 from memlab.lm import load_lm  # noqa: E402
 from memlab.metrics import wilson_interval  # noqa: E402
 from memlab.tasks.ruler import RulerTask, score  # noqa: E402
@@ -58,7 +58,7 @@ def run_trials(model, ctl, tok, trials, eos):
         ids, needle = build(tok, s)
         gen, hits = greedy_with_heads(model, ctl, ids, needle, max_new_tokens=8, eos=eos)
         reply = tok.decode(gen, skip_special_tokens=True)
-        out.append({"reply": reply, "correct": score(reply, s.answers) == 1.0, "hits": hits / max(len(needle), 1),
+        out.append({"reply": reply, "correct": score(reply, s.answers) == 1.0, "hits": hits, "copied": len(needle),
                     "tokens": len(ids)})
     return out
 
@@ -88,9 +88,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     scored = run_trials(model, ctl, tok, trials(a.trials, 0), eos)
     good = [r for r in scored if r["correct"]]
-    if not good:
-        raise SystemExit(f"no scoring trial was answered right ({[r['reply'] for r in scored[:5]]}...): no retrieval scores")
-    scores = np.mean([r["hits"] for r in good], axis=0)  # [layers, heads]
+    try:
+        scores = retrieval_scores([(r["hits"], r["copied"], r["correct"]) for r in scored])  # [layers, heads]
+    except ValueError as e:
+        raise SystemExit(f"{e} (replies: {[r['reply'] for r in scored[:5]]}...)") from None
     L, H = scores.shape
     order = np.argsort(-scores, axis=None)
     share = float((scores > 0.1).mean())

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_result  # noqa: E402
 from retrieval_heads import heatmap  # noqa: E402
 
-from memlab.analysis.retrieval_heads import answer_with_heads, memlab_heads  # noqa: E402
+from memlab.analysis.retrieval_heads import answer_with_heads, memlab_heads, retrieval_scores  # noqa: E402
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.evaluate import sample_seed  # noqa: E402
 from memlab.metrics import wilson_interval  # noqa: E402
@@ -55,15 +55,14 @@ def main(argv=None):
         return {j for i in s.meta["supporting"] for j in range(*s.fact_spans[i])}
 
     L, H = model.config.n_layers, model.config.n_heads
-    hits, right = np.zeros((L, H)), 0
+    scored = []
     with memlab_heads(model) as ctl:
         for i in range(a.samples):
             s = task.sample(a.length, sample_seed(0, i))
             pred, h = answer_with_heads(model, ctl, s.tokens, needle(s))
-            if pred == s.answer:
-                hits += h
-                right += 1
-        scores = hits / max(right, 1)
+            scored.append((h, 1, pred == s.answer))  # one answer word: one token copied
+        right = sum(ok for _, _, ok in scored)
+        scores = retrieval_scores(scored)
         order = np.argsort(-scores, axis=None)
         trials = [task.sample(a.length, sample_seed(1, i)) for i in range(a.samples)]
 

@@ -123,9 +123,13 @@ def test_ruler_lengths_exact_needles_recorded_answers_in_the_needles(task, book_
         toks = tokenize_words(s.text)
         for (a, b), needle in zip(s.needle_token_spans, s.meta.get("needles", [])):
             assert toks[a:b] == tokenize_words(needle)
+        assert len(s.needle_token_spans) == len(s.meta["needles"]) and s.text.endswith(s.question)
         if task != "cwe":
             assert all(any(ans in n for n in s.meta["needles"]) for ans in s.answers)
-            assert len(s.needle_token_spans) == len(s.meta["needles"]) and s.text.endswith(s.question)
+        else:  # every occurrence of every common word is recorded, and nothing else
+            words = re.findall(r"\d+\. (\w+)", s.text)
+            assert sorted(s.meta["needles"]) == sorted(w for w in words if w in s.answers)
+            assert set(s.meta["needles"]) == set(s.answers)
         assert score(" ".join(s.answers), s.answers) == 1.0 and score("nothing", s.answers) == 0.0
 
 

@@ -1,9 +1,11 @@
 """Retrieval-head scoring and head masking on a tiny random Llama (no download)."""
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("transformers")
-from memlab.analysis.retrieval_heads import HeadControl, greedy_with_heads, heads_attention, install, step_hits  # noqa: E402
+from memlab.analysis.retrieval_heads import (  # noqa: E402
+    HeadControl, greedy_with_heads, heads_attention, install, retrieval_heads, retrieval_scores, step_hits)
 
 
 def tiny_llama(seed=0):
@@ -23,6 +25,32 @@ def test_step_hits_on_a_constructed_case():
     want = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
     assert (torch.tensor(step_hits(top, 7, prompt, needle)) == want).all()
     assert step_hits(top, 9, prompt, needle)[1, 2] == 1 and step_hits(top, 9, prompt, needle).sum() == 1
+
+
+def test_retrieval_score_on_a_constructed_case():
+    # three trials over a 2-layer x 2-head model; the needle copies 4, 2 and 4 tokens
+    trials = [(np.array([[4, 0], [2, 1]]), 4, True),   # head (0,0) on the needle at every copied token
+              (np.array([[1, 0], [2, 0]]), 2, True),
+              (np.array([[4, 4], [4, 4]]), 4, False)]  # a wrong answer counts for nothing, however it attended
+    want = np.array([[(1.0 + 0.5) / 2, 0.0], [(0.5 + 1.0) / 2, (0.25 + 0.0) / 2]])
+    np.testing.assert_allclose(retrieval_scores(trials), want)
+    assert retrieval_heads(want) == [(0, 0, 0.75), (1, 0, 0.75), (1, 1, 0.125)]  # above 0.1, highest first
+    assert retrieval_heads(want, threshold=0.5) == [(0, 0, 0.75), (1, 0, 0.75)]
+    with pytest.raises(ValueError, match="none of the 1 needle trials was answered right"):
+        retrieval_scores(trials[2:])
+
+
+def test_a_model_without_routable_attention_is_refused_with_the_reason():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from memlab.analysis.retrieval_heads import memlab_heads
+    from memlab.models.registry import build_model, make_config
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    with pytest.raises(ValueError, match="no attention layers with q_proj and layer_idx"):
+        install(gpt2)  # GPT-2 fuses q, k, v in c_attn: nothing to route
+    with pytest.raises(ValueError, match="no blocks with an `attn` module"):
+        memlab_heads(build_model(make_config("hf-rmt", vocab_size=50)))
 
 
 def test_masking_leaves_other_heads_untouched_and_makes_masked_ones_uniform():

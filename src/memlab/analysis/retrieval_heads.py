@@ -87,6 +87,25 @@ def step_hits(top: dict, generated: int, prompt_ids: list[int], needle: set) -> 
     return hits
 
 
+def retrieval_scores(trials) -> np.ndarray:
+    """Every head's retrieval score from needle trials, each (hits [layers, heads] summed over its decoding steps,
+    tokens copied, answered right): hits / tokens copied, averaged over the trials answered right.
+    Raises ValueError when no trial was answered right (no score is defined then)."""
+    right = [np.asarray(h, dtype=float) / max(n, 1) for h, n, ok in trials if ok]
+    if not right:
+        raise ValueError(f"none of the {len(trials)} needle trials was answered right: retrieval scores are averaged "
+                         "over right answers only; use shorter inputs or a model that copies the needle")
+    return np.mean(right, axis=0)
+
+
+def retrieval_heads(scores, threshold: float = 0.1) -> list[tuple[int, int, float]]:
+    """(layer, head, score) of the heads above threshold, highest first (Wu et al.'s retrieval heads at 0.1)."""
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, axis=None, kind="stable")
+    H = scores.shape[1]
+    return [(int(i // H), int(i % H), float(scores.flat[i])) for i in order if scores.flat[i] > threshold]
+
+
 @torch.inference_mode()
 def greedy_with_heads(model, ctl: HeadControl, prompt_ids: list[int], needle: set, max_new_tokens: int, eos=()):
     """Greedy decoding that scores every step: returns (generated ids, [layers, heads] hit counts), where a step's

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .flenqa import count_tokens, fill_tokens, truncate_tokens
+from .flenqa import count_tokens, fill_tokens, tokenize_words, truncate_tokens
 
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe")
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -67,7 +67,7 @@ class RulerSample:
     text: str  # context, then the question
     question: str
     answers: list[str]  # every string the reply must contain
-    needle_token_spans: list[tuple[int, int]]  # word-token spans of the needles (cwe: none)
+    needle_token_spans: list[tuple[int, int]]  # word-token spans of the needles (cwe: each common word's occurrences)
     length: int
     meta: dict = field(default_factory=dict)
 
@@ -226,7 +226,11 @@ class RulerTask:
                              f"(needs about {3 * len(common) * k['freq_common'] + count_tokens(question)} word tokens)")
         text = body + " " + question
         assert count_tokens(text) == length
-        return RulerSample(text, question, common, [], length, {"task": "cwe", "seed": seed, "knobs": dict(k)})
+        # the key facts: every occurrence of a common word in the list ("N . word"), one word token each
+        toks, low = tokenize_words(body), {c.lower(): c for c in common}
+        at = [i for i, t in enumerate(toks) if t in low and i > 0 and toks[i - 1] == "."]
+        return RulerSample(text, question, common, [(i, i + 1) for i in at], length,
+                           {"task": "cwe", "seed": seed, "knobs": dict(k), "needles": [low[toks[i]] for i in at]})
 
 
 def score(reply: str, answers: list[str]) -> float:

@@ -105,10 +105,10 @@ class TokenTextTask:
             s = self.text_sample(length, seed)
             if hasattr(s, "key_char_spans"):  # FLenQA: the key paragraphs
                 parts = [s.text[a:b] for a, b in s.key_char_spans]
-            elif s.meta.get("needles"):
-                parts = list(s.meta["needles"])
-            else:  # cwe: the word list is the task
+            elif s.meta.get("task") == "cwe":  # the whole word list is the task (its rare words included)
                 parts = [s.text]
+            else:
+                parts = list(s.meta["needles"])
             for p in parts + [s.question, " ".join(self.answers(s)), "true false"]:
                 out.update(dict.fromkeys(tokenize_words(p)))
         return list(out)
