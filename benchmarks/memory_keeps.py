@@ -1,7 +1,7 @@
 """What recurrent memory keeps: per-segment state updates at fact segments against haystack-only segments, on
 BABILong samples (held-out bAbI questions in book text), for every fixed-state checkpoint given.
 
-    python benchmarks/memory_keeps.py                       # the shipped RMT and ARMT qa1 checkpoints
+    python benchmarks/memory_keeps.py                       # the shipped qa1 checkpoints: RMT, ARMT, Titans, FAM, sleep
     python benchmarks/memory_keeps.py CK1 CK2 --length 16k --samples 20
         # -> benchmarks/results/memory_keeps.json, memory_keeps.png
 """
@@ -26,11 +26,12 @@ from memlab.tasks.text import TokenizedHaystack, load_haystack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+SHIPPED = ("rmt-qa1", "armt-qa1", "titans-qa1", "fam-qa1", "sleep-qa1")  # every recurrent model's shipped qa1 checkpoint
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="*", default=[str(ROOT / "checkpoints" / "rmt-qa1"), str(ROOT / "checkpoints" / "armt-qa1")])
+    p.add_argument("checkpoints", nargs="*", default=[str(ROOT / "checkpoints" / n) for n in SHIPPED])
     p.add_argument("--task", type=int, default=1)
     p.add_argument("--length", default="16k")
     p.add_argument("--samples", type=int, default=20)
@@ -73,6 +74,7 @@ def main(argv=None):
                                                           "||v - S k|| per token), write_gate_gate (ARMT: mean write "
                                                           "gate per segment); fact over haystack",
                                         "models": out}))
+    (RESULTS / "memory_keeps.partial.json").unlink(missing_ok=True)  # the complete result replaces it
 
 
 def plot(curves, path, length):

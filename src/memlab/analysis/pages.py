@@ -236,12 +236,12 @@ def _scale(d: Path) -> list[Section]:
 
 
 # where each shipped model's evaluation on the demo's samples lives (the demo holds RMT and attention)
-SIDE_BY_SIDE = ("demo", "armt", "fam", "titans")
+SIDE_BY_SIDE = ("demo", "armt", "fam", "titans", "sleep_qa1")
 
 
 def _side_by_side(d: Path) -> list[Section]:
     """Every shipped model on the demo's qa1 samples, one row per model, one column per length, from
-    demo/results.json and the per-model folders (armt, fam, titans: each copies the demo's cells beside its own).
+    demo/results.json and the per-model folders (armt, fam, titans, sleep_qa1: each copies the demo's cells beside its own).
     A model's cells are taken from the first folder that has them."""
     found, sources = {}, []
     for name in SIDE_BY_SIDE:
