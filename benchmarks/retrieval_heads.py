@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_result  # noqa: E402
 
-from memlab.analysis.retrieval_heads import greedy_with_heads, install, retrieval_scores  # noqa: E402
+from memlab.analysis.retrieval_heads import greedy_with_heads, install, retrieval_heads, retrieval_scores  # noqa: E402
 from memlab.lm import load_lm  # noqa: E402
 from memlab.metrics import wilson_interval  # noqa: E402
 from memlab.tasks.ruler import RulerTask, score  # noqa: E402
@@ -94,8 +94,9 @@ def main(argv=None):
         raise SystemExit(f"{e} (replies: {[r['reply'] for r in scored[:5]]}...)") from None
     L, H = scores.shape
     order = np.argsort(-scores, axis=None)
-    share = float((scores > 0.1).mean())
-    print(f"{len(good)}/{len(scored)} scoring trials right; heads above 0.1: {int((scores > 0.1).sum())} of {L * H} "
+    above = retrieval_heads(scores)  # Wu et al.'s retrieval heads: score above 0.1
+    share = len(above) / (L * H)
+    print(f"{len(good)}/{len(scored)} scoring trials right; heads above 0.1: {len(above)} of {L * H} "
           f"({share:.1%}); top {[(int(i // H), int(i % H), round(float(scores.flat[i]), 3)) for i in order[:8]]}", flush=True)
 
     rng = np.random.default_rng(0)
@@ -126,7 +127,7 @@ def main(argv=None):
     heatmap(scores, RESULTS / "retrieval_heads.png", a.model)
     print(write_result("retrieval_heads", {
         "model": a.model, "layers": L, "heads": H, "scoring_trials": len(scored), "scoring_trials_right": len(good),
-        "lengths": lengths, "threshold": 0.1, "heads_above_threshold": int((scores > 0.1).sum()), "share_above": share,
+        "lengths": lengths, "threshold": 0.1, "heads_above_threshold": len(above), "share_above": share,
         "top_heads": [[int(i // H), int(i % H), round(float(scores.flat[i]), 4)] for i in order[:20]],
         "scores": np.round(scores, 4).tolist(), "masking": masking, "mask_trials": len(mask_trials),
         "seconds": round(time.perf_counter() - t0, 1)}))

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_result  # noqa: E402
 from retrieval_heads import heatmap  # noqa: E402
 
-from memlab.analysis.retrieval_heads import answer_with_heads, memlab_heads, retrieval_scores  # noqa: E402
+from memlab.analysis.retrieval_heads import answer_with_heads, memlab_heads, retrieval_heads, retrieval_scores  # noqa: E402
 from memlab.checkpoint import load_checkpoint  # noqa: E402
 from memlab.evaluate import sample_seed  # noqa: E402
 from memlab.metrics import wilson_interval  # noqa: E402
@@ -94,8 +94,8 @@ def main(argv=None):
     heatmap(scores, RESULTS / "retrieval_heads_memlab.png", Path(a.checkpoint).name)
     print(write_result("retrieval_heads_memlab", {
         "checkpoint": Path(a.checkpoint).name, "layers": L, "heads": H, "length": a.length, "scoring_trials": a.samples,
-        "scoring_trials_right": right, "threshold": 0.1, "heads_above_threshold": int((scores > 0.1).sum()),
-        "share_above": float((scores > 0.1).mean()), "scores": np.round(scores, 4).tolist(),
+        "scoring_trials_right": right, "threshold": 0.1, "heads_above_threshold": len(retrieval_heads(scores)),
+        "share_above": len(retrieval_heads(scores)) / (L * H), "scores": np.round(scores, 4).tolist(),
         "top_heads": [[int(f // H), int(f % H), round(float(scores.flat[f]), 4)] for f in order],
         "masking": masking, "seconds": round(time.perf_counter() - t0, 1)}))
 
