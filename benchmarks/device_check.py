@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cuda")
     p.add_argument("--compile", action="store_true", help="also stream the fixed-state models compiled on the device")
+    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead"],
+                   help="with --compile: torch.compile's mode (reduce-overhead records CUDA graphs)")
     p.add_argument("--models", default="", help="comma-separated names of MODELS to check (default: all)")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
@@ -60,10 +62,10 @@ def main(argv=None) -> int:
         err = (want - got).abs().max().item()
         how = ""
         if a.compile and getattr(model, "fixed_state", False):
-            got_c = stream(model, x, [100, 149], compile=True).logits.cpu()
+            got_c = stream(model, x, [100, 149], compile=True, compile_mode=a.compile_mode).logits.cpu()
             err = max(err, (want - got_c).abs().max().item())
             # stream() falls back to eager (with a warning) where inductor fails: say so, it is not a compiled result
-            how = " (eager, compiled)" if _COMPILED.get(model) is not model else " (eager; compile FAILED, ran eager)"
+            how = " (eager, compiled)" if _COMPILED.get(model, {}).get(a.compile_mode) is not model else " (eager; compile FAILED, ran eager)"
         grads = [q.grad for q in model.parameters() if q.grad is not None]
         ok = err < 1e-3 and torch.isfinite(loss) and grads and all(gr.device.type == dev.type for gr in grads)
         print(f"{name:12s} stream max |cpu - {dev}{how}| = {err:.2e}  loss {loss.item():.3f}  {len(grads)} grads  "

@@ -29,7 +29,7 @@ def main(argv=None):
     torch.set_flush_denormal(True)
     m, tok, _ = load_checkpoint(ckpt)
     m.eval()
-    S._COMPILED[m] = torch.compile(m, dynamic=False, options=opts or None)  # the runner's compiled forward, with options
+    S._COMPILED[m] = {"default": torch.compile(m, dynamic=False, options=opts or None)}  # the runner's compiled forward, with options
     x = np.random.default_rng(0).integers(3, len(tok), size=(1, L))
     t0 = time.perf_counter()
     S.stream(m, x[:, :384], [383], compile=True)

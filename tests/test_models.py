@@ -379,6 +379,13 @@ def test_compiled_stream_equals_eager_stream_and_refuses_growing_state():
     compiled = stream(m, x, [5, 60], compile=True)
     torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(compiled.state.memory, eager.state.memory, atol=1e-4, rtol=1e-4)
+    # mode reduce-overhead (CUDA graphs on a GPU; here the same kernels, through its own compiled forward and the
+    # state copied out of each call): the same numbers
+    graphs = stream(m, x, [5, 60], compile=True, compile_mode="reduce-overhead")
+    torch.testing.assert_close(graphs.logits, eager.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(graphs.state.memory, eager.state.memory, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="compile mode must be one of default, reduce-overhead"):
+        stream(m, x, [60], compile=True, compile_mode="max-autotune")
     for B in (3, 2):  # another batch size, then the first again: after its first call a stream skips most guard
         # checks, so each must still run the graph compiled for its own shapes
         xb = torch.randint(0, 64, (B, 61))
@@ -388,9 +395,12 @@ def test_compiled_stream_equals_eager_stream_and_refuses_growing_state():
         stream(tf, x, [60], compile=True)
 
 
-def test_stream_reads_a_list_of_rows_a_segment_at_a_time_with_the_same_result():
+def test_stream_reads_a_list_of_rows_a_window_at_a_time_with_the_same_result(monkeypatch):
     """A batch given as rows that slice (lazy samples) streams exactly as the stacked [B, L] array, eager and
-    compiled; each row is only ever sliced to one segment; rows of different lengths are refused."""
+    compiled; each row is only ever sliced to a window of READ_AHEAD tokens (moved to the device in one copy), or
+    to one segment where that is smaller; rows of different lengths are refused."""
+    import memlab.stream as S
+
     class Rows:
         def __init__(self, a):
             self.a, self.widest = a, 0
@@ -405,12 +415,13 @@ def test_stream_reads_a_list_of_rows_a_segment_at_a_time_with_the_same_result():
     torch.manual_seed(0)
     m = build_model(make_config("rmt", vocab_size=64, d_model=32, n_layers=2, n_heads=4, num_mem=3, segment_len=8)).eval()
     x = np.random.default_rng(0).integers(0, 64, (2, 61))
-    for compile in (False, True):
+    for compile, read_ahead in ((False, 1), (True, 1), (False, 20), (True, 20), (True, S.READ_AHEAD)):
+        monkeypatch.setattr(S, "READ_AHEAD", read_ahead)
         rows = [Rows(r) for r in x]
         got, ref = stream(m, rows, [5, 60], compile=compile), stream(m, x, [5, 60], compile=compile)
         torch.testing.assert_close(got.logits, ref.logits, atol=0, rtol=0)
         torch.testing.assert_close(got.state.memory, ref.state.memory, atol=0, rtol=0)
-        assert got.tokens == 61 and max(r.widest for r in rows) == 8
+        assert got.tokens == 61 and max(r.widest for r in rows) == min(max(read_ahead, 8), 61)
     with pytest.raises(ValueError, match="one length"):
         stream(m, [x[0], x[1, :60]], [5])
 

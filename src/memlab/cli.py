@@ -98,7 +98,8 @@ def cmd_eval(a):
     # validate every input before the store is created or any cell is computed
     tasks = [n for _, n in parse_task_spec(a.task)]
     spec = EvalSpec(tasks, parse_lengths(a.lengths), a.samples, a.batch_size, a.seed, a.haystack or _books_default() or None,
-                    a.babi_dir, a.time_budget, a.force, a.max_samples_long, a.compile)
+                    a.babi_dir, a.time_budget, a.force, a.max_samples_long, a.compile or a.compile_mode is not None,
+                    a.compile_mode or "default")
     if a.haystack:
         from .tasks.text import load_haystack
         load_haystack(a.haystack)
@@ -283,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compile", action="store_true",
                    help="stream fixed-state models (rmt, armt, sleep, fam, titans mac/lmm) through torch.compile: ~2x faster after a compile of "
                         "~15 s per batch size (needs a C++ compiler)")
+    e.add_argument("--compile-mode", choices=["default", "reduce-overhead"],
+                   help="implies --compile; reduce-overhead also records CUDA graphs on a GPU (one launch per segment for "
+                        "a model bound by kernel launches; the same as default on the CPU)")
     e.add_argument("--methods", default="readagent,gists,bm25,full",
                    help="readagent:... only: the readers to compare on the same pages (readagent, gists, bm25, full)")
     e.add_argument("--reader-model", help="readagent:URL only: the model name the endpoint knows")

@@ -16,7 +16,7 @@ from .metrics import wilson_interval
 from .models.base import state_nbytes
 from .report import format_bytes
 from .store import Cell, ResultStore
-from .stream import add_numbers, model_device, stream
+from .stream import COMPILE_MODES, add_numbers, model_device, stream
 
 
 class BudgetError(RuntimeError):
@@ -128,13 +128,16 @@ class EvalSpec:
     force: bool = False  # run cells the preflight refuses
     max_samples_long: int | None = None  # cap samples for lengths >= 1M (stated in the cell)
     compile: bool = False  # stream fixed-state models through torch.compile (compile time counts in the cell)
+    compile_mode: str = "default"  # or "reduce-overhead": CUDA graphs on a GPU (see `stream.compiled_forward`)
 
     def __post_init__(self):
         checks = [(self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
                   (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
                   (self.time_budget > 0, f"time budget must be > 0 seconds, got {self.time_budget}"),
                   (self.max_samples_long is None or self.max_samples_long >= 1,
-                   f"max samples at long lengths must be >= 1, got {self.max_samples_long}")]
+                   f"max samples at long lengths must be >= 1, got {self.max_samples_long}"),
+                  (self.compile_mode in COMPILE_MODES,
+                   f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -277,7 +280,7 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
         progress = progress_logger(f"{name} {task_name} {length}: samples {b}-{b + len(samples) - 1}", log,
                                    batch=len(samples)) if log else None
         res = stream(model, tokens, [len(tokens[0]) - 1], compile=spec.compile and getattr(model, "fixed_state", False),
-                     progress=progress)
+                     progress=progress, compile_mode=spec.compile_mode)
         pred = res.logits[:, 0].argmax(-1)
         correct += sum(int(p) == s.answer for p, s in zip(pred.tolist(), samples))
         state_bytes = state_nbytes(res.state) // len(samples)
@@ -286,6 +289,8 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
     secs = time.perf_counter() - t0
     lo, hi = wilson_interval(correct, n)
     extra = {"seed": spec.seed, **({"estimate": estimate} if estimate else {})}  # the seed: which samples these are
+    if spec.compile and getattr(model, "fixed_state", False):
+        extra["compile_mode"] = spec.compile_mode
     extra.update(flops_per_sample(totals, n))
     if device.type == "cuda":  # the time and memory of this cell are the GPU's, not this CPU's
         extra.update({"device": torch.cuda.get_device_name(device), "peak_device_bytes": torch.cuda.max_memory_allocated(device)})

@@ -16,39 +16,47 @@ from .models.base import detach_state, tree_map
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_forward(model):
+COMPILE_MODES = ("default", "reduce-overhead")
+
+
+def compiled_forward(model, mode: str = "default"):
     """The model's forward under torch.compile (static shapes). Only for models with a fixed-size state
-    (`fixed_state = True`): a growing KV cache would change shapes, and so recompile, at every segment."""
+    (`fixed_state = True`): a growing KV cache would change shapes, and so recompile, at every segment.
+    mode "reduce-overhead" also records CUDA graphs (on a GPU; on the CPU it is the default mode): a small model is
+    bound by kernel launches there, and a graph replays a segment's hundreds of kernels in one launch."""
     if not getattr(model, "fixed_state", False):
         raise ValueError(f"{type(model).__name__} has a state that grows with the context; stream it without compile")
-    if model not in _COMPILED:
-        _COMPILED[model] = torch.compile(model, dynamic=False)
-    return _COMPILED[model]
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    per_mode = _COMPILED.setdefault(model, {})
+    if mode not in per_mode:
+        per_mode[mode] = torch.compile(model, dynamic=False, mode=None if mode == "default" else mode)
+    return per_mode[mode]
 
 
-def compiled_call(model, *args, **kwargs):
-    """`compiled_forward(model)(*args, **kwargs)`; where compiling fails (e.g. no C++ compiler) it warns once and
-    the model runs eagerly from then on."""
+def compiled_call(model, *args, mode: str = "default", **kwargs):
+    """`compiled_forward(model, mode)(*args, **kwargs)`; where compiling fails (e.g. no C++ compiler) it warns once
+    and the model runs eagerly from then on."""
     try:
-        return compiled_forward(model)(*args, **kwargs)
+        return compiled_forward(model, mode)(*args, **kwargs)
     except torch._dynamo.exc.BackendCompilerFailed as err:
         warnings.warn(f"torch.compile failed ({str(err).splitlines()[0][:200]}); running eagerly instead "
                       "(install a C++ compiler such as g++ to use compile)")
-        _COMPILED[model] = model
+        _COMPILED[model][mode] = model
         return model(*args, **kwargs)
 
 
 _WARM: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> segment shapes whose caches are filled
 
 
-def _prepare_compiled(model, segment, state, **kwargs) -> None:
+def _prepare_compiled(model, segment, state, mode: str = "default", **kwargs) -> None:
     """Before compiled calls on segments shaped like `segment` (a full segment; None where there is none): checks
     that the model's state has a fixed shape, then runs one throwaway eager forward per model, segment shape and
     keyword arguments (those of the compiled calls to come). A model's per-length caches (rotary tables,
     distances) are so always computed eagerly: filled inside a compiled graph they can differ in the last bit (a
     resumed run would no longer equal an uninterrupted one), and the graph's guards would see them change (one
     needless recompile)."""
-    compiled_forward(model)
+    compiled_forward(model, mode)
     if segment is None:
         return
     done = _WARM.setdefault(model, set())
@@ -91,17 +99,32 @@ def _as_tensor(tokens, device=None) -> torch.Tensor:
     return t.to(device=device, dtype=torch.long)
 
 
-def _slicer(tokens, device):
+READ_AHEAD = 1 << 16  # tokens per row that `_slicer` builds and moves to the device at once
+
+
+def _slicer(tokens, device, read_ahead: int | None = None):
     """(B, L, get) with get(s, e) = tokens[:, s:e] as a long tensor on device. tokens: [B, L] (numpy or torch), or a
     list of B equal-length rows that slice to arrays (e.g. lazy BABILong samples' `SplicedTokens`), of which only
-    the segment asked for is ever built."""
-    if isinstance(tokens, (list, tuple)):
-        lengths = {len(r) for r in tokens}
-        if len(lengths) != 1:
-            raise ValueError(f"the rows of a batch must have one length, got lengths {sorted(lengths)}; batch samples of one length")
-        return len(tokens), lengths.pop(), lambda s, e: _as_tensor(np.stack([np.asarray(r[s:e]) for r in tokens]), device)
-    x = _as_tensor(tokens, device)
-    return x.shape[0], x.shape[1], lambda s, e: x[:, s:e]
+    a window of `read_ahead` tokens per row is built at a time. The window moves to the device in one copy: a
+    copy per segment from pageable memory would wait for the GPU to finish all queued work every segment."""
+    if not isinstance(tokens, (list, tuple)):
+        x = _as_tensor(tokens, device)
+        return x.shape[0], x.shape[1], lambda s, e: x[:, s:e]
+    lengths = {len(r) for r in tokens}
+    if len(lengths) != 1:
+        raise ValueError(f"the rows of a batch must have one length, got lengths {sorted(lengths)}; batch samples of one length")
+    L, read_ahead = lengths.pop(), read_ahead or READ_AHEAD
+    window = {"start": 0, "end": 0, "x": None}
+
+    def get(s, e):
+        if not (window["start"] <= s and e <= window["end"]):
+            end = max(e, min(s + read_ahead, L))
+            block = torch.from_numpy(np.stack([np.asarray(r[s:end]) for r in tokens])).long()
+            if device is not None and torch.device(device).type == "cuda":
+                block = block.pin_memory().to(device, non_blocking=True)
+            window.update(start=s, end=end, x=block)
+        return window["x"][:, s - window["start"] : e - window["start"]]
+    return len(tokens), L, get
 
 
 def model_device(model) -> torch.device:
@@ -127,12 +150,13 @@ def add_numbers(totals: dict, aux: dict) -> None:
 
 @torch.inference_mode()
 def stream(model, tokens, positions, segment_len: int | None = None, state=None, compile: bool = False,
-           progress=None) -> StreamResult:
+           progress=None, compile_mode: str = "default") -> StreamResult:
     """Run `tokens` ([B, L], numpy or torch, or a list of B rows read a segment at a time, see `_slicer`) through
     `model` segment by segment and keep the logits at `positions` (indices into L, shared by the batch) only: a
     million-token sample never materialises more than one segment of hidden states.
     compile: run the full-length segments that hold no kept position (all but a few) through
-    `compiled_forward(model)`; the first call per batch size compiles (seconds to tens of seconds).
+    `compiled_forward(model, compile_mode)`; the first call per batch size compiles (seconds to tens of seconds).
+    With compile_mode "reduce-overhead" on a GPU each such segment is one CUDA graph replay.
     progress: called as progress(tokens_done, L) after every segment (on a GPU, the segments queued so far)."""
     device = model_device(model)
     B, L, get = _slicer(tokens, device)
@@ -146,7 +170,8 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
     kept, p, totals = [], 0, {}
     keep_ok = getattr(model, "accepts_keep", False)  # the model can skip the positions we do not need
     if compile:
-        _prepare_compiled(model, get(L - seg, L) if L >= seg else None, state, **({"keep": []} if keep_ok else {}))
+        _prepare_compiled(model, get(L - seg, L) if L >= seg else None, state, mode=compile_mode,
+                          **({"keep": []} if keep_ok else {}))
     compiled_once = False
     for s, e in segment_bounds(L, seg):
         idx = []
@@ -159,11 +184,15 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
             segment = packed(get(s, e))
             # after this stream's first compiled call, every call has the same shapes: evaluate only the
             # guards that tell cached graphs apart (saves ~0.3 ms of guard checks per segment, measured)
+            graphs = compile_mode == "reduce-overhead"
+            if graphs:  # a new step: the graphs may reuse the memory of the last replay's outputs
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=compiled_once):
-                out = compiled_call(model, segment, tree_map(packed, state), return_logits=False,
+                out = compiled_call(model, segment, tree_map(packed, state), return_logits=False, mode=compile_mode,
                                     **({"keep": []} if keep_ok else {}))
             compiled_once = True
-            state = out.state
+            # a replay's outputs live in memory the next replay overwrites: the state is copied out of it
+            state = tree_map(torch.clone, out.state) if graphs else out.state
             add_numbers(totals, out.aux)
             if progress:
                 progress(e, L)
