@@ -3,9 +3,8 @@ peak. FLOPs are counted, not estimated: torch's FlopCounterMode on one segment's
 times the segments streamed. The peak is the best of square fp32 matmuls of 512-4096 on the same threads, measured
 before and after the models (the better reading counts).
 
-Models: the shipped checkpoints (rmt-qa1, armt-qa1, titans-qa1, fam-qa1) and, for sleep, which has none, its
-recipe's configuration with fresh weights (speed does not depend on training). Every fixed-state model is timed
-eagerly and through torch.compile (`stream(..., compile=True)`).
+Models: the shipped qa1 checkpoints (rmt-qa1, armt-qa1, titans-qa1, fam-qa1, sleep-qa1). Every fixed-state model
+is timed eagerly and through torch.compile (`stream(..., compile=True)`).
 
     python benchmarks/utilisation.py            # -> benchmarks/results/utilisation.json
     python benchmarks/utilisation.py --batches 16,32 --models titans,fam --out utilisation_large_batch
@@ -25,9 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from memlab.checkpoint import load_checkpoint  # noqa: E402
-from memlab.models.registry import build_model, make_config  # noqa: E402
 from memlab.stream import stream  # noqa: E402
-from memlab.train import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,11 +54,9 @@ def segment_flops(model, batch: int) -> int:
 
 
 def models():
-    for name in ("rmt-qa1", "armt-qa1", "titans-qa1", "fam-qa1"):
+    for name in ("rmt-qa1", "armt-qa1", "titans-qa1", "fam-qa1", "sleep-qa1"):
         m, _, _ = load_checkpoint(ROOT / "checkpoints" / name)
         yield name, m
-    cfg = load_recipe(ROOT / "configs" / "sleep-qa2.yaml")
-    yield "sleep (sleep-qa2 config)", build_model(make_config(cfg.model, vocab_size=2048, **cfg.model_args))
 
 
 def main(argv=None):

@@ -107,10 +107,11 @@ class FAMLayer(nn.Module):
         k_pos = torch.arange(-M, T, device=q.device)
         dist = (q_pos[:, None] - k_pos[None, :]).float()
         dist = torch.cat((dist.new_zeros(n_q, Fn), dist), 1)
-        scores = (q @ keys.transpose(-1, -2)) * self.attn.head_dim**-0.5 - self.attn.recency.exp()[:, None, None] * dist
+        bias = -self.attn.recency.exp()[:, None, None] * dist  # [H, queries, keys], added to the scaled scores
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return scores.softmax(-1) @ vals
+            bias = bias.masked_fill(~mask, float("-inf"))
+        # one fused kernel instead of matmul, bias, mask, softmax, matmul (measured faster, eager and compiled)
+        return F.scaled_dot_product_attention(q, keys, vals, attn_mask=bias)
 
 
 class FAM(SequenceModel):
