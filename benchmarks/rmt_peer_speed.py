@@ -10,12 +10,16 @@ separately as "memlab (qa1 recipe)".
   `unroll(..., lm_weight=1)`). With --compile (default) also compiled: memlab's `unroll(..., compile=True)` (what
   `memlab train --compile` runs) against `torch.compile` of their whole wrapper (they ship no compile option; this
   is the best a user of theirs could do in one line), each timed after its compile.
+- the bound: both training steps' matrix products counted (FlopCounterMode; the same 49 GFLOP at the defaults) and
+  the machine's best fp32 matmul measured in the same run: memlab's step can be no faster than its matmuls at that
+  peak, so peer_compiled_seconds / that floor is the most any memlab step could gain on the compiled peer.
 - streaming: a long sequence segment by segment at batch 1, the memory carried, under no_grad, keeping the
   logits at the last position only. memlab's runner computes no logits elsewhere; theirs has no way to skip
   them, so it is timed as it ships and once more with its output head replaced by an identity (its best case).
 
     pip install --no-deps recurrent-memory-transformer-pytorch==0.7.0 hyper-connections packaging torch-einops-utils
     python benchmarks/rmt_peer_speed.py        # -> benchmarks/results/rmt_peer_speed.json
+    python benchmarks/rmt_peer_speed.py --profile   # where memlab's compiled training step spends its time
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed, write_result  # noqa: E402
+from utilisation import peak_gflops  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from memlab.models.registry import build_model, make_config  # noqa: E402
 from memlab.stream import stream, unroll  # noqa: E402
@@ -42,6 +48,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="also time compiled training: memlab's `unroll(compile=True)` and torch.compile of the peer")
+    p.add_argument("--profile", action="store_true",
+                   help="only print torch.profiler's table of one memlab training step (compiled unless --no-compile)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -90,6 +98,15 @@ def main(argv=None):
 
     for m in (ours, recipe, theirs):
         m.train()
+    if a.profile:  # where memlab's step spends its time (matmuls, the attention kernel, the rest)
+        from torch.profiler import ProfilerActivity, profile
+
+        f = train_memlab(ours, compile=a.compile)
+        timed(f, a.repeats)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            f()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        return
     rows = {"training_step": {}, "streaming": {}}
     rows["training_step"]["memlab_seconds"] = timed(train_memlab(ours), a.repeats)
     rows["training_step"]["memlab_recipe_seconds"] = timed(train_memlab(recipe), a.repeats)
@@ -102,6 +119,21 @@ def main(argv=None):
             rows["training_step"]["peer_compiled_seconds"] = timed(lambda: train_theirs(compiled), a.repeats)
         except Exception as e:  # reported, not hidden: the row is then absent and the error is in the result
             rows["training_step"]["peer_compiled_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    # what bounds the ratio: both steps do the same matrix products (counted), and no step can run them faster
+    # than this machine's best fp32 matmul (measured now)
+    flops = {}
+    for n, f in (("memlab", train_memlab(ours)), ("peer", train_theirs)):
+        with FlopCounterMode(display=False) as fc:
+            f()
+        flops[n] = fc.get_total_flops()
+    for m in (ours, recipe, theirs):
+        m.zero_grad(set_to_none=True)
+    peak = peak_gflops(a.threads)
+    tr = rows["training_step"]
+    tr["memlab_gflop_per_step"] = flops["memlab"] / 1e9  # matmuls; memlab's attention (one fused kernel) is not counted
+    tr["peer_gflop_per_step"] = flops["peer"] / 1e9  # matmuls and the attention's batched matmuls
+    tr["matmul_peak_gflops"] = peak["peak"]
+    tr["memlab_matmul_floor_seconds"] = flops["memlab"] / 1e9 / peak["peak"]
     for m in (ours, recipe, theirs):
         m.eval()
     st = rows["streaming"]
@@ -118,6 +150,8 @@ def main(argv=None):
         tr["speedup_recipe_compiled_vs_peer"] = tr["peer_seconds"] / tr["memlab_recipe_compiled_seconds"]
         if "peer_compiled_seconds" in tr:
             tr["speedup_compiled_vs_peer_compiled"] = tr["peer_compiled_seconds"] / tr["memlab_compiled_seconds"]
+            # the most memlab could gain on the compiled peer: its matmuls at peak and nothing else
+            tr["speedup_bound_vs_peer_compiled"] = tr["peer_compiled_seconds"] / tr["memlab_matmul_floor_seconds"]
             tr["speedup_recipe_compiled_vs_peer_compiled"] = tr["peer_compiled_seconds"] / tr["memlab_recipe_compiled_seconds"]
     for k in ("memlab_seconds", "memlab_compiled_seconds", "memlab_recipe_seconds", "peer_seconds", "peer_without_head_seconds"):
         st[k.replace("seconds", "tokens_per_s")] = a.stream_length / st[k]
