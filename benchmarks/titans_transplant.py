@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import titans_args, titans_checkpoints, write_result  # noqa: E402
 
 from memlab.models.titans import TitansState  # noqa: E402
-from memlab.stream import segment_bounds, stream  # noqa: E402
+from memlab.stream import stream  # noqa: E402
 
 
 class Window:

@@ -209,7 +209,7 @@ class FlenqaTask:
                 roles.append(None)
         units.append(question)
         roles.append("q")
-        text, char_spans, tok_spans, pos, tok = "", [None, None], [None, None], 0, 0
+        text, char_spans, tok_spans, tok = "", [None, None], [None, None], 0
         for u, r in zip(units, roles):
             if text:
                 text += " "
