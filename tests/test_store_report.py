@@ -268,7 +268,8 @@ def test_report_analyses_page_from_benchmark_results(tmp_path):
 
 def test_analyses_scale_section_lists_the_gpu_sessions_long_cells(tmp_path):
     """Cells of a million tokens or more from gpu_session*/results.json and streaming_100m/*.jsonl (the CPU's long
-    runs) enter the scale section, each row naming its source; shorter cells and refused ones do not."""
+    runs) enter the scale section, each row naming its source (and CUDA graphs where a cell ran through them);
+    shorter cells and refused ones do not."""
     import json
 
     from memlab.analysis.pages import sections
@@ -278,7 +279,8 @@ def test_analyses_scale_section_lists_the_gpu_sessions_long_cells(tmp_path):
     g = tmp_path / "gpu_session9"
     g.mkdir()
     (g / "results.json").write_text(json.dumps({"date": "2026-11-26T11:00:00", "machine": {"gpu": "H100"}, "cells": [
-        {**cell, "length": 11_000_000}, {**cell, "length": 4000}, {**cell, "length": 2_000_000, "status": "refused"}]}))
+        {**cell, "length": 11_000_000}, {**cell, "length": 4000}, {**cell, "length": 2_000_000, "status": "refused"},
+        {**cell, "length": 1_000_000, "extra": {"compile_mode": "reduce-overhead"}}]}))
     c = tmp_path / "streaming_100m"  # the CPU's long runs: JSON lines of cells
     c.mkdir()
     (c / "rmt_11m.jsonl").write_text("\n".join(json.dumps(x) for x in (
@@ -287,6 +289,8 @@ def test_analyses_scale_section_lists_the_gpu_sessions_long_cells(tmp_path):
     (s,) = sections(tmp_path)
     assert s.table[1:] == [["rmt-qa1", "11,000,000", "20", "0.50 [0.30, 0.70]", "1,180,000", "8,192 B",
                             "gpu_session9 (H100, 2026-11-26)"],
+                           ["rmt-qa1", "1,000,000", "20", "0.50 [0.30, 0.70]", "1,180,000", "8,192 B",
+                            "gpu_session9 (H100, 2026-11-26, CUDA graphs)"],
                            ["rmt-qa1", "11,000,000", "8", "1.00 [0.68, 1.00]", "66,871", "8,192 B",
                             "streaming_100m/rmt_11m.jsonl (CPU, 2026-11-27)"]]
 

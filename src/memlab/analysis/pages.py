@@ -221,7 +221,8 @@ def _scale(d: Path) -> list[Section]:
 
     for f in sorted(d.glob("gpu_session*/results.json")):
         g = json.loads(f.read_text())
-        long_rows(g["cells"], lambda c: f"{f.parent.name} ({g['machine'].get('gpu', '?')}, {g['date'][:10]})")
+        long_rows(g["cells"], lambda c: f"{f.parent.name} ({g['machine'].get('gpu', '?')}, {g['date'][:10]}"
+                  + (", CUDA graphs)" if (c.get("extra") or {}).get("compile_mode") == "reduce-overhead" else ")"))
     for f in sorted(d.glob("streaming_100m/*.jsonl")):  # the long runs on this project's CPU, one cell a line
         long_rows([json.loads(x) for x in f.read_text().splitlines() if x.strip()],
                   lambda c: f"streaming_100m/{f.name} (CPU, {c.get('created', '?')[:10]})")
