@@ -102,10 +102,10 @@ def _as_tensor(tokens, device=None) -> torch.Tensor:
 READ_AHEAD = 1 << 16  # tokens per row that `_slicer` builds and moves to the device at once
 
 
-def _slicer(tokens, device, read_ahead: int | None = None):
+def _slicer(tokens, device):
     """(B, L, get) with get(s, e) = tokens[:, s:e] as a long tensor on device. tokens: [B, L] (numpy or torch), or a
     list of B equal-length rows that slice to arrays (e.g. lazy BABILong samples' `SplicedTokens`), of which only
-    a window of `read_ahead` tokens per row is built at a time. The window moves to the device in one copy: a
+    a window of `READ_AHEAD` tokens per row is built at a time. The window moves to the device in one copy: a
     copy per segment from pageable memory would wait for the GPU to finish all queued work every segment."""
     if not isinstance(tokens, (list, tuple)):
         x = _as_tensor(tokens, device)
@@ -113,12 +113,12 @@ def _slicer(tokens, device, read_ahead: int | None = None):
     lengths = {len(r) for r in tokens}
     if len(lengths) != 1:
         raise ValueError(f"the rows of a batch must have one length, got lengths {sorted(lengths)}; batch samples of one length")
-    L, read_ahead = lengths.pop(), read_ahead or READ_AHEAD
+    L = lengths.pop()
     window = {"start": 0, "end": 0, "x": None}
 
     def get(s, e):
         if not (window["start"] <= s and e <= window["end"]):
-            end = max(e, min(s + read_ahead, L))
+            end = max(e, min(s + READ_AHEAD, L))
             block = torch.from_numpy(np.stack([np.asarray(r[s:end]) for r in tokens])).long()
             if device is not None and torch.device(device).type == "cuda":
                 block = block.pin_memory().to(device, non_blocking=True)
@@ -151,7 +151,7 @@ def add_numbers(totals: dict, aux: dict) -> None:
 @torch.inference_mode()
 def stream(model, tokens, positions, segment_len: int | None = None, state=None, compile: bool = False,
            progress=None, compile_mode: str = "default") -> StreamResult:
-    """Run `tokens` ([B, L], numpy or torch, or a list of B rows read a segment at a time, see `_slicer`) through
+    """Run `tokens` ([B, L], numpy or torch, or a list of B rows read a window at a time, see `_slicer`) through
     `model` segment by segment and keep the logits at `positions` (indices into L, shared by the batch) only: a
     million-token sample never materialises more than one segment of hidden states.
     compile: run the full-length segments that hold no kept position (all but a few) through
@@ -172,7 +172,7 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
     if compile:
         _prepare_compiled(model, get(L - seg, L) if L >= seg else None, state, mode=compile_mode,
                           **({"keep": []} if keep_ok else {}))
-    compiled_once = False
+    compiled_once, graphs = False, compile_mode == "reduce-overhead"
     for s, e in segment_bounds(L, seg):
         idx = []
         while p < len(positions) and positions[p] < e:
@@ -184,7 +184,6 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
             segment = packed(get(s, e))
             # after this stream's first compiled call, every call has the same shapes: evaluate only the
             # guards that tell cached graphs apart (saves ~0.3 ms of guard checks per segment, measured)
-            graphs = compile_mode == "reduce-overhead"
             if graphs:  # a new step: the graphs may reuse the memory of the last replay's outputs
                 torch.compiler.cudagraph_mark_step_begin()
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=compiled_once):

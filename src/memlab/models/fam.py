@@ -110,7 +110,7 @@ class FAMLayer(nn.Module):
         bias = -self.attn.recency.exp()[:, None, None] * dist  # [H, queries, keys], added to the scaled scores
         if mask is not None:
             bias = bias.masked_fill(~mask, float("-inf"))
-        # one fused kernel instead of matmul, bias, mask, softmax, matmul (measured faster, eager and compiled)
+        # one fused kernel instead of matmul, bias, mask, softmax, matmul (measured 1.2x eager; compiled the same)
         return F.scaled_dot_product_attention(q, keys, vals, attn_mask=bias)
 
 
