@@ -226,6 +226,43 @@ def test_eval_interrupted_sweep_resumes(ckpts, book, tmp_path, evaluated, monkey
             assert a.get("rmt", "babilong:qa1", n).accuracy == b.get("rmt", "babilong:qa1", n).accuracy
 
 
+def test_eval_cell_killed_mid_stream_resumes_from_its_saved_progress(ckpts, book, tmp_path, evaluated, monkeypatch):
+    """--save-every: a cell killed mid-stream (here: in its second batch, right after a save) leaves its progress
+    next to the store; the re-run skips the finished batch, resumes the other from the saved state and stores the
+    cell an uninterrupted run stores (seconds of both runs added, marked resumed); the progress file is then gone."""
+    store, progress = tmp_path / "r.sqlite", tmp_path / "r.sqlite.progress"
+    real_save, real_stream = memlab.evaluate.CellProgress.save, memlab.evaluate.stream
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(self):
+        real_save(self)
+        if self.data["batches"] and self.data["current"] and self.data["current"]["done"] > 64:
+            raise Killed(self.data["current"]["done"])
+
+    monkeypatch.setattr(memlab.evaluate.CellProgress, "save", save_then_die)
+    with pytest.raises(Killed) as killed:
+        run(*eval_args(ckpts["rmt"], store, book, "--save-every", "1e-9", lengths="400"))
+    assert len(list(progress.glob("*.pt"))) == 1 and not ResultStore(store).cells()
+    monkeypatch.setattr(memlab.evaluate.CellProgress, "save", real_save)
+    starts = []
+    monkeypatch.setattr(memlab.evaluate, "stream", lambda *a, **k: starts.append(k["start"]) or real_stream(*a, **k))
+    code, out, err = run(*eval_args(ckpts["rmt"], store, book, "--save-every", "1e-9", lengths="400"))
+    assert code == 0, err
+    assert "resuming from" in err and "1 batch(es) done" in err
+    assert starts == [killed.value.args[0]]  # batch 0 was done; batch 1 went on from the saved tokens
+    (cell,) = cells_of(out)
+    with ResultStore(evaluated[0]) as ref:
+        whole = ref.get("rmt", "babilong:qa1", 400)
+    assert (cell["samples"], cell["accuracy"], cell["state_bytes"]) == (whole.samples, whole.accuracy, whole.state_bytes)
+    assert cell["extra"]["resumed"] is True and cell["seconds"] > 0
+    assert not list(progress.glob("*"))  # removed once the cell is stored
+    # progress of other weights is never taken: a cell of another model starts afresh
+    code, out, err = run(*eval_args(ckpts["rmt"], tmp_path / "s.sqlite", book, "--save-every", "0", lengths="400"))
+    assert code == 0 and "resuming" not in err and not (tmp_path / "s.sqlite.progress").exists()
+
+
 def test_eval_logs_progress_inside_a_cell(ckpts, book, tmp_path, monkeypatch):
     """A long cell reports how far it has got while it runs, so a run cut short still tells its throughput."""
     real = memlab.evaluate.progress_logger

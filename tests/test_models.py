@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from memlab.models.base import state_nbytes
+from memlab.models.base import state_nbytes, tree_map
 from memlab.models.registry import build_model, known_models, make_config
 from memlab.stream import segment_bounds, stream, unroll
 
@@ -437,3 +437,25 @@ def test_compiled_training_unroll_equals_eager_in_loss_and_gradients():
     y = torch.full_like(x, -100)
     y[:, 60], y[:, 30] = 7, 9
     assert len(assert_compiled_unroll_equals_eager(m, x, y, bptt_depth=3, write_cost=0.5)) > 10
+
+
+def test_a_stream_resumed_from_a_snapshot_equals_the_uninterrupted_one():
+    """stream(snapshot=...) hands out (tokens done, state) after segments that keep no logits; stream(start=, state=)
+    from any of them gives exactly the uninterrupted logits and state, eager and compiled, also for a state saved to
+    the CPU; a start that is not a segment boundary, or that lies after a kept position, is refused."""
+    torch.manual_seed(0)
+    m = build_model(make_config("rmt", vocab_size=64, d_model=32, n_layers=2, n_heads=4, num_mem=3, segment_len=8)).eval()
+    x = np.random.default_rng(1).integers(0, 64, (2, 61))  # a first segment of 5 tokens, then 7 of 8
+    for compile in (False, True):
+        ref = stream(m, x, [60], compile=compile)
+        snaps = []
+        stream(m, x, [60], compile=compile, snapshot=lambda done, st, tot: snaps.append((done, tree_map(torch.clone, st))))
+        assert [d for d, _ in snaps] == [5, 13, 21, 29, 37, 45, 53]  # not after the last segment, which keeps a logit
+        for done, st in snaps[::3]:
+            got = stream(m, x, [60], compile=compile, start=done, state=tree_map(lambda t: t.cpu(), st))
+            torch.testing.assert_close(got.logits, ref.logits, atol=0, rtol=0)
+            torch.testing.assert_close(got.state.memory, ref.state.memory, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="not a segment boundary"):
+        stream(m, x, [60], start=6, state=snaps[0][1])
+    with pytest.raises(ValueError, match="kept position"):
+        stream(m, x, [4, 60], start=13, state=snaps[1][1])

@@ -99,7 +99,7 @@ def cmd_eval(a):
     tasks = [n for _, n in parse_task_spec(a.task)]
     spec = EvalSpec(tasks, parse_lengths(a.lengths), a.samples, a.batch_size, a.seed, a.haystack or _books_default() or None,
                     a.babi_dir, a.time_budget, a.force, a.max_samples_long, a.compile or a.compile_mode is not None,
-                    a.compile_mode or "default")
+                    a.compile_mode or "default", a.save_every)
     if a.haystack:
         from .tasks.text import load_haystack
         load_haystack(a.haystack)
@@ -287,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compile-mode", choices=["default", "reduce-overhead"],
                    help="implies --compile; reduce-overhead also records CUDA graphs on a GPU (one launch per segment for "
                         "a model bound by kernel launches; the same as default on the CPU)")
+    e.add_argument("--save-every", type=float, default=300.0, metavar="SECONDS",
+                   help="a cell running longer than this saves its progress (batches done, the state mid-stream) next to "
+                        "the store every SECONDS and a re-run resumes it (0 = never)")
     e.add_argument("--methods", default="readagent,gists,bm25,full",
                    help="readagent:... only: the readers to compare on the same pages (readagent, gists, bm25, full)")
     e.add_argument("--reader-model", help="readagent:URL only: the model name the endpoint knows")

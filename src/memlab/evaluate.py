@@ -3,6 +3,7 @@ through the one runner, with a budget preflight for attention, results in a SQLi
 finished cells; an interrupted sweep resumes)."""
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import torch
 
 from .dist import rank_world
 from .metrics import wilson_interval
-from .models.base import state_nbytes
+from .models.base import state_nbytes, tree_leaves, tree_map
 from .report import format_bytes
 from .store import Cell, ResultStore
 from .stream import COMPILE_MODES, add_numbers, model_device, stream
@@ -129,11 +130,13 @@ class EvalSpec:
     max_samples_long: int | None = None  # cap samples for lengths >= 1M (stated in the cell)
     compile: bool = False  # stream fixed-state models through torch.compile (compile time counts in the cell)
     compile_mode: str = "default"  # or "reduce-overhead": CUDA graphs on a GPU (see `stream.compiled_forward`)
+    save_every: float = 300.0  # seconds between saves of an unfinished cell's progress (`CellProgress`); 0 = never
 
     def __post_init__(self):
         checks = [(self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
                   (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
                   (self.time_budget > 0, f"time budget must be > 0 seconds, got {self.time_budget}"),
+                  (self.save_every >= 0, f"save-every must be >= 0 seconds (0 = never save progress), got {self.save_every}"),
                   (self.max_samples_long is None or self.max_samples_long >= 1,
                    f"max samples at long lengths must be >= 1, got {self.max_samples_long}"),
                   (self.compile_mode in COMPILE_MODES,
@@ -214,7 +217,8 @@ def evaluate_checkpoint(name: str, model, tokenizer, spec: EvalSpec, store: Resu
                 hay = TokenizedHaystack(tokenizer, load_haystack(spec.haystack or None))
             if bt is None:
                 bt = BabilongTask(task, task_questions(spec, task), tokenizer, hay)
-            cell = store.put(run_cell(name, task_name, bt, model, length, n, spec, est, log=log))  # stored: `created` set
+            cell = run_cell(name, task_name, bt, model, length, n, spec, est, log=log, store=store,  # stored: `created` set
+                            progress_dir=Path(f"{store.path}.progress"))
             log(f"{name} {task_name} {length}: accuracy {cell.accuracy:.3f} [{cell.ci_low:.3f}, {cell.ci_high:.3f}] "
                 f"n={n} {cell.tokens_per_s:.0f} tok/s state {cell.state_bytes} B")
             on_cell and on_cell(cell)
@@ -252,9 +256,10 @@ def _my_cells():
         k += 1
 
 
-def progress_logger(label: str, log, every: float = 60.0, batch: int = 1):
+def progress_logger(label: str, log, every: float = 60.0, batch: int = 1, start: int = 0):
     """A `stream(progress=...)` callback that logs how far a long cell has got, at most once per `every` seconds:
-    a cell cut short (a time limit, a lent machine given back) still tells its throughput."""
+    a cell cut short (a time limit, a lent machine given back) still tells its throughput. start: the tokens a
+    resumed stream skipped (not counted in its speed)."""
     t0 = last = time.perf_counter()
 
     def report(done: int, total: int):
@@ -263,38 +268,155 @@ def progress_logger(label: str, log, every: float = 60.0, batch: int = 1):
         if now - last >= every:
             last = now
             log(f"{label}: {done:,} of {total:,} tokens ({100 * done / total:.0f}%) after {now - t0:.0f} s, "
-                f"{batch * done / (now - t0):,.0f} tokens/s over the batch of {batch}")
+                f"{batch * (done - start) / (now - t0):,.0f} tokens/s over the batch of {batch}")
     return report
 
 
-def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: dict | None = None, log=None) -> Cell:
+class CellProgress:
+    """An unfinished cell on disk, so that a cell interrupted mid-way (a killed process, a session's end) resumes
+    instead of starting again: the batches it finished (answers right, totals, seconds) and, for the batch in
+    flight, the tokens done and the model's state after them. Written atomically (a temporary file, then a rename)
+    at most once per `every` seconds of the cell, so short cells never write; removed once the cell is stored.
+    The file is named by everything that decides the samples and the state (model name and weights, task, length,
+    samples, batch size, seed); a file of another run is never read."""
+
+    def __init__(self, directory, key: dict, every: float):
+        import hashlib
+        import json
+
+        self.key, self.every = key, every
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        self.path = Path(directory) / f"{digest}.pt"
+        self.data = {"key": key, "batches": {}, "current": None}
+        self.resumed = False
+        if self.path.is_file():
+            try:
+                data = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any unreadable file: say which, start the cell afresh
+                raise ValueError(f"cannot read the saved progress {self.path} ({e}); delete it to run the cell from "
+                                 f"its start") from e
+            if data.get("key") == key:
+                self.data, self.resumed = data, True
+
+    def seconds(self) -> float:
+        cur = self.data["current"]
+        return sum(b["seconds"] for b in self.data["batches"].values()) + (cur["seconds"] if cur else 0.0)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(self.data, tmp)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _state_from_leaves(model, batch: int, leaves: list):
+    """The state saved as its tensor leaves (`CellProgress`), rebuilt in the shape of the model's own state."""
+    it = iter(leaves)
+    template = model.init_state(batch, torch.device("cpu"))
+    if [tuple(t.shape) for t in tree_leaves(template)] != [tuple(t.shape) for t in leaves]:
+        raise ValueError("the saved progress holds a state of another shape than this model's; delete the "
+                         ".progress file next to the store to run the cell from its start")
+    return tree_map(lambda t: next(it), template)
+
+
+def weights_fingerprint(model) -> str:
+    """A hash of a model's weights (names, shapes and values): resumed progress must come from the same weights."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: dict | None = None, log=None,
+             progress_dir=None, store: ResultStore | None = None) -> Cell:
+    """Stream n samples of one (task, length) and score them. progress_dir: where an unfinished cell keeps its
+    progress (`CellProgress`, every `spec.save_every` seconds) and resumes from it; None: no saving. store: put
+    the cell there (then the saved progress is removed) and return the stored cell."""
     _reset_peak_rss()
     device = model_device(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    correct, t0, state_bytes, totals = 0, time.perf_counter(), 0, {}
+    saved = None
+    if progress_dir is not None and spec.save_every > 0:
+        saved = CellProgress(progress_dir, {"model": name, "weights": weights_fingerprint(model), "task": task_name,
+                                            "length": length, "samples": n, "batch_size": spec.batch_size,
+                                            "seed": spec.seed}, spec.save_every)
+        if saved.resumed and log:
+            cur = saved.data["current"]
+            log(f"{name} {task_name} {length}: resuming from {saved.path} ({len(saved.data['batches'])} batch(es) done"
+                + (f", samples {cur['batch']}- at {cur['done']:,} tokens" if cur else "") + ")")
+    correct, state_bytes, totals = 0, 0, {}
+    t0, last_save = time.perf_counter(), time.perf_counter()
+    before = saved.seconds() if saved else 0.0  # seconds spent on this cell by earlier processes
+
     for b in range(0, n, spec.batch_size):
+        done_b = saved.data["batches"].get(b) if saved else None
+        if done_b is not None:  # finished by an earlier process
+            correct += done_b["correct"]
+            state_bytes = done_b["state_bytes"]
+            add_numbers(totals, done_b["totals"])
+            continue
+        cur = saved.data["current"] if saved else None
         # lazy samples: the runner reads them a segment at a time, so memory stays flat in length
         samples = [bt.sample(length, _sample_seed(spec, i), lazy=True) for i in range(b, min(b + spec.batch_size, n))]
+        start, state0, totals0, secs0 = (cur["done"], _state_from_leaves(model, len(samples), cur["state"]), cur["totals"],
+                                         cur["seconds"]) if cur and cur["batch"] == b else (0, None, {}, 0.0)
         tokens = [s.tokens for s in samples]
         progress = progress_logger(f"{name} {task_name} {length}: samples {b}-{b + len(samples) - 1}", log,
-                                   batch=len(samples)) if log else None
+                                   batch=len(samples), start=start) if log else None
+        tb = time.perf_counter()
+
+        def snapshot(done, state, part, b=b, tb=tb, totals0=totals0, secs0=secs0):
+            nonlocal last_save
+            now = time.perf_counter()
+            if now - last_save >= spec.save_every:
+                last_save = now
+                merged = dict(totals0)
+                add_numbers(merged, part)
+                saved.data["current"] = {"batch": b, "done": done, "totals": merged, "seconds": secs0 + now - tb,
+                                         "state": [t.detach().to("cpu", copy=True) for t in tree_leaves(state)]}
+                saved.save()
+
         res = stream(model, tokens, [len(tokens[0]) - 1], compile=spec.compile and getattr(model, "fixed_state", False),
-                     progress=progress, compile_mode=spec.compile_mode)
+                     progress=progress, compile_mode=spec.compile_mode, start=start, state=state0,
+                     snapshot=snapshot if saved and getattr(model, "fixed_state", False) else None)
         pred = res.logits[:, 0].argmax(-1)
-        correct += sum(int(p) == s.answer for p, s in zip(pred.tolist(), samples))
+        right = sum(int(p) == s.answer for p, s in zip(pred.tolist(), samples))
+        correct += right
         state_bytes = state_nbytes(res.state) // len(samples)
-        add_numbers(totals, res.totals)  # e.g. the sleep model's FLOPs of prediction and of consolidation
+        batch_totals = dict(totals0)
+        add_numbers(batch_totals, res.totals)
+        add_numbers(totals, batch_totals)  # e.g. the sleep model's FLOPs of prediction and of consolidation
+        if saved:
+            saved.data["batches"][b] = {"correct": right, "state_bytes": state_bytes, "totals": batch_totals,
+                                        "seconds": secs0 + time.perf_counter() - tb}
+            saved.data["current"] = None
+            if time.perf_counter() - t0 + before >= spec.save_every or saved.path.is_file():
+                saved.save()
         del tokens, res
-    secs = time.perf_counter() - t0
+    secs = before + time.perf_counter() - t0
     lo, hi = wilson_interval(correct, n)
     extra = {"seed": spec.seed, **({"estimate": estimate} if estimate else {})}  # the seed: which samples these are
+    if saved and saved.resumed:
+        extra["resumed"] = True  # seconds add up every process's share; peak memory is the last process's
     if spec.compile and getattr(model, "fixed_state", False):
         extra["compile_mode"] = spec.compile_mode
     extra.update(flops_per_sample(totals, n))
     if device.type == "cuda":  # the time and memory of this cell are the GPU's, not this CPU's
         extra.update({"device": torch.cuda.get_device_name(device), "peak_device_bytes": torch.cuda.max_memory_allocated(device)})
-    return Cell(name, task_name, length, n, correct / n, lo, hi, secs, secs / n, n * length / secs, state_bytes, _peak_rss(), "ok", None, extra)
+    cell = Cell(name, task_name, length, n, correct / n, lo, hi, secs, secs / n, n * length / secs, state_bytes, _peak_rss(), "ok", None, extra)
+    if store is not None:
+        cell = store.put(cell)  # stored (its `created` set) before the saved progress goes
+        if saved:
+            saved.remove()
+    return cell
 
 
 def flops_per_sample(totals: dict, n: int) -> dict:

@@ -150,30 +150,43 @@ def add_numbers(totals: dict, aux: dict) -> None:
 
 @torch.inference_mode()
 def stream(model, tokens, positions, segment_len: int | None = None, state=None, compile: bool = False,
-           progress=None, compile_mode: str = "default") -> StreamResult:
+           progress=None, compile_mode: str = "default", start: int = 0, snapshot=None) -> StreamResult:
     """Run `tokens` ([B, L], numpy or torch, or a list of B rows read a window at a time, see `_slicer`) through
     `model` segment by segment and keep the logits at `positions` (indices into L, shared by the batch) only: a
     million-token sample never materialises more than one segment of hidden states.
     compile: run the full-length segments that hold no kept position (all but a few) through
     `compiled_forward(model, compile_mode)`; the first call per batch size compiles (seconds to tens of seconds).
     With compile_mode "reduce-overhead" on a GPU each such segment is one CUDA graph replay.
-    progress: called as progress(tokens_done, L) after every segment (on a GPU, the segments queued so far)."""
+    progress: called as progress(tokens_done, L) after every segment (on a GPU, the segments queued so far).
+    start, snapshot: resuming a long stream. `snapshot(tokens_done, state, totals)` is called after every segment
+    that keeps no logits; a caller that saves what it gets can later pass `start=tokens_done, state=state` and
+    continue from there (the segments before `start` are skipped: `start` must be a segment boundary, and no kept
+    position may lie before it). `totals` then counts the resumed part only."""
     device = model_device(model)
     B, L, get = _slicer(tokens, device)
     seg = segment_len or model.config.segment_len
     positions = sorted(int(p) for p in positions)
     if positions and not (0 <= positions[0] and positions[-1] < L):
         raise ValueError(f"positions must lie in [0, {L}), got {positions[0]}..{positions[-1]}")
-    # cloned here: every state the loop sees is then an inference tensor (a compiled forward would otherwise
-    # recompile once for the initial state, which is a view of a parameter)
-    state = tree_map(torch.clone, state if state is not None else model.init_state(B, device))
+    bounds = segment_bounds(L, seg)
+    if start:
+        if start not in {s for s, _ in bounds}:
+            raise ValueError(f"start={start} is not a segment boundary of a {L}-token stream in segments of {seg} "
+                             f"(resume from a tokens_done that snapshot reported, or 0)")
+        if state is None or (positions and positions[0] < start):
+            raise ValueError(f"start={start} needs the state after those tokens (state=) and no kept position before "
+                             f"it (got positions from {positions[0] if positions else None})")
+        bounds = [(s, e) for s, e in bounds if s >= start]
+    # copied here (to the model's device: a resumed state may come from a file): every state the loop sees is then
+    # an inference tensor (a compiled forward would otherwise recompile once for the initial state, a view of a parameter)
+    state = tree_map(lambda t: t.to(device, copy=True), state if state is not None else model.init_state(B, device))
     kept, p, totals = [], 0, {}
     keep_ok = getattr(model, "accepts_keep", False)  # the model can skip the positions we do not need
     if compile:
         _prepare_compiled(model, get(L - seg, L) if L >= seg else None, state, mode=compile_mode,
                           **({"keep": []} if keep_ok else {}))
     compiled_once, graphs = False, compile_mode == "reduce-overhead"
-    for s, e in segment_bounds(L, seg):
+    for s, e in bounds:
         idx = []
         while p < len(positions) and positions[p] < e:
             idx.append(positions[p] - s)
@@ -195,6 +208,8 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
             add_numbers(totals, out.aux)
             if progress:
                 progress(e, L)
+            if snapshot and not kept:  # (after a kept logit a resume would lose it)
+                snapshot(e, state, totals)
             continue
         if keep_ok:
             out = model(get(s, e), state, return_logits=False, keep=idx)
@@ -208,6 +223,8 @@ def stream(model, tokens, positions, segment_len: int | None = None, state=None,
             kept.append(model.logits(hidden))
         if progress:
             progress(e, L)
+        if snapshot and not kept:
+            snapshot(e, state, totals)
     logits = torch.cat(kept, dim=1) if kept else torch.zeros(B, 0, model.config.vocab_size, device=device)
     return StreamResult(logits.float(), state, L, totals)
 
