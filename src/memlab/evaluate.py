@@ -351,7 +351,8 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
         if saved.resumed and log:
             cur = saved.data["current"]
             log(f"{name} {task_name} {length}: resuming from {saved.path} ({len(saved.data['batches'])} batch(es) done"
-                + (f", samples {cur['batch']}- at {cur['done']:,} tokens" if cur else "") + ")")
+                + (f", samples {cur['batch']}-{min(cur['batch'] + spec.batch_size, n) - 1} at {cur['done']:,} tokens"
+                   if cur else "") + ")")
     correct, state_bytes, totals = 0, 0, {}
     t0, last_save = time.perf_counter(), time.perf_counter()
     before = saved.seconds() if saved else 0.0  # seconds spent on this cell by earlier processes
