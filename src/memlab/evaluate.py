@@ -3,6 +3,8 @@ through the one runner, with a budget preflight for attention, results in a SQLi
 finished cells; an interrupted sweep resumes)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import resource
 import time
@@ -281,9 +283,6 @@ class CellProgress:
     samples, batch size, seed); a file of another run is never read."""
 
     def __init__(self, directory, key: dict, every: float):
-        import hashlib
-        import json
-
         self.key, self.every = key, every
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         self.path = Path(directory) / f"{digest}.pt"
@@ -324,8 +323,6 @@ def _state_from_leaves(model, batch: int, leaves: list):
 
 def weights_fingerprint(model) -> str:
     """A hash of a model's weights (names, shapes and values): resumed progress must come from the same weights."""
-    import hashlib
-
     h = hashlib.sha1()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
