@@ -278,30 +278,37 @@ class CellProgress:
     """An unfinished cell on disk, so that a cell interrupted mid-way (a killed process, a session's end) resumes
     instead of starting again: the batches it finished (answers right, totals, seconds) and, for the batch in
     flight, the tokens done and the model's state after them. Written atomically (a temporary file, then a rename)
-    at most once per `every` seconds of the cell, so short cells never write; removed once the cell is stored.
-    The file is named by everything that decides the samples and the state (model name and weights, task, length,
-    samples, batch size, seed); a file of another run is never read."""
+    at most once per `spec.save_every` seconds of the cell, so short cells never write; removed once the cell is
+    stored. The file is named by what decides the samples (model name, task, length, samples, batch size, seed) and
+    holds a hash of the weights; progress of other weights is never taken. `fingerprint` (the weights' hash) is only
+    called when a file exists or is written, so short cells do not hash the weights."""
 
-    def __init__(self, directory, key: dict, every: float):
-        self.key, self.every = key, every
+    def __init__(self, directory, key: dict, fingerprint):
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         self.path = Path(directory) / f"{digest}.pt"
-        self.data = {"key": key, "batches": {}, "current": None}
+        self._fingerprint, self._weights = fingerprint, None
+        self.data = {"key": key, "weights": None, "batches": {}, "current": None}
         self.resumed = False
         if self.path.is_file():
             try:
                 data = torch.load(self.path, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - any unreadable file: say which, start the cell afresh
+            except Exception as e:  # noqa: BLE001 - any unreadable file: say which and how to start afresh
                 raise ValueError(f"cannot read the saved progress {self.path} ({e}); delete it to run the cell from "
                                  f"its start") from e
-            if data.get("key") == key:
+            if data.get("key") == key and data.get("weights") == self.weights():
                 self.data, self.resumed = data, True
+
+    def weights(self) -> str:
+        if self._weights is None:
+            self._weights = self._fingerprint()
+        return self._weights
 
     def seconds(self) -> float:
         cur = self.data["current"]
         return sum(b["seconds"] for b in self.data["batches"].values()) + (cur["seconds"] if cur else 0.0)
 
     def save(self) -> None:
+        self.data["weights"] = self.weights()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         torch.save(self.data, tmp)
@@ -342,9 +349,9 @@ def run_cell(name, task_name, bt, model, length, n, spec: EvalSpec, estimate: di
         torch.cuda.reset_peak_memory_stats(device)
     saved = None
     if progress_dir is not None and spec.save_every > 0:
-        saved = CellProgress(progress_dir, {"model": name, "weights": weights_fingerprint(model), "task": task_name,
-                                            "length": length, "samples": n, "batch_size": spec.batch_size,
-                                            "seed": spec.seed}, spec.save_every)
+        saved = CellProgress(progress_dir, {"model": name, "task": task_name, "length": length, "samples": n,
+                                            "batch_size": spec.batch_size, "seed": spec.seed},
+                             lambda: weights_fingerprint(model))
         if saved.resumed and log:
             cur = saved.data["current"]
             log(f"{name} {task_name} {length}: resuming from {saved.path} ({len(saved.data['batches'])} batch(es) done"
